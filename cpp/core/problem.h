@@ -1,0 +1,84 @@
+// The problem description shared by the CPU loops and the CUDA kernels.
+//
+// Plain data only (pointers, sizes, enums), so one struct can be passed by value to a kernel. The FFI
+// layer (cpp/ffi) fills it from XLA buffers after validating every size; nothing downstream re-checks.
+#pragma once
+
+#include <cstdint>
+
+// Functions callable from host code and from kernels.
+#if defined(__CUDACC__)
+#define QKROPE_HD __host__ __device__ __forceinline__
+#else
+#define QKROPE_HD inline
+#endif
+
+namespace qkrope {
+
+enum class Style : int32_t { kNeox = 0, kGptj = 1 };
+
+enum class ElemType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+inline int elem_bytes(ElemType t) { return t == ElemType::kF32 ? 4 : 2; }
+
+// One group of heads laid out token-major: head h of token t starts at
+// base + t * token_stride + h * head_dim (all in elements of the q/k dtype).
+struct HeadGroup {
+  const void* in = nullptr;
+  void* out = nullptr;       // forward output / backward dx; may equal `in` (aliased, in place)
+  const void* grad = nullptr;  // backward only: the cotangent dy, same layout as `in`
+  int64_t token_stride = 0;
+  int32_t num_heads = 0;
+};
+
+// Where cos/sin come from: a [rows, rotary_dim] table (cos in the first half of a row, sin in the
+// second), or an inv_freq vector of rotary_dim / 2 float32 values (angles computed on the fly).
+struct RopeTable {
+  const void* data = nullptr;
+  ElemType dtype = ElemType::kF32;
+  bool is_cache = true;
+  int64_t rows = 0;  // cache rows (positions are clamped to [0, rows)); unused for inv_freq
+};
+
+struct Problem {
+  // Groups 0 and 1 are q and k (normalised and rotated); group 2 is V of a packed qkv that the kernel
+  // only copies (num_heads == 0 when the output aliases the input, so V is already in place).
+  HeadGroup group[3];
+  const void* weight[2] = {nullptr, nullptr};  // q_weight, k_weight; nullptr means scale 1
+  ElemType weight_dtype[2] = {ElemType::kF32, ElemType::kF32};
+
+  const void* positions = nullptr;
+  bool positions_64 = false;
+  RopeTable table;
+
+  int64_t num_tokens = 0;
+  int32_t head_dim = 0;
+  int32_t rotary_dim = 0;
+  Style style = Style::kNeox;
+  ElemType dtype = ElemType::kF32;
+  float eps = 1e-6f;
+  float weight_offset = 0.0f;
+
+  QKROPE_HD int32_t total_heads() const { return group[0].num_heads + group[1].num_heads + group[2].num_heads; }
+  QKROPE_HD int64_t total_pairs() const { return num_tokens * static_cast<int64_t>(total_heads()); }
+};
+
+// How the CUDA kernels split the work; decided host-side at trace time and passed as attributes.
+// The CPU target receives the same attributes and ignores them.
+struct Launch {
+  int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4 or 8
+  int32_t warps_per_block = 4;  // 1..8
+  bool pdl = false;             // programmatic dependent launch (overlap with the previous kernel)
+};
+
+// Backward extras: float32 weight gradients, reduced deterministically from per-block partials.
+// The tokens split into num_examples equal, contiguous runs (vmap over a batch makes one per batch
+// element) and each run gets its own weight gradient.
+struct BackwardOutputs {
+  float* dweight[2] = {nullptr, nullptr};  // [num_examples, head_dim] each, or nullptr when that weight is absent
+  float* partials = nullptr;               // [num_examples, blocks_per_example, 2, head_dim] scratch
+  int64_t num_examples = 1;
+  int64_t blocks_per_example = 1;
+};
+
+}  // namespace qkrope

@@ -1,0 +1,45 @@
+// Picks and launches the backward kernels for one storage type; included once per type by
+// backward_<type>.cu so the instantiations compile in parallel.
+#pragma once
+
+#include "cuda/backward_kernels.cuh"
+#include "cuda/dispatch.cuh"
+
+namespace qkrope::cuda {
+
+template <typename T, int D, int N, Style S>
+struct BackwardTuned {
+  static constexpr auto kernel = backward_tuned_kernel<T, D, N, S>;
+};
+
+template <typename T, int C, Style S>
+struct BackwardGeneric {
+  static constexpr auto kernel = backward_generic_kernel<T, C, S>;
+};
+
+// The grid is one block per partials row: the row count fixes the (deterministic) reduction order.
+template <typename T>
+cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs& out, const Launch& launch,
+                                  cudaStream_t stream) {
+  const Problem& p = args.p;
+  if (!heads_aligned<T>(p, 2 * static_cast<int>(sizeof(T)))) return cudaErrorMisalignedAddress;
+  const int64_t blocks = out.num_examples * out.blocks_per_example;
+  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
+  const size_t smem = 2 * launch.warps_per_block * p.head_dim * sizeof(float);
+  cudaError_t err =
+      use_tuned<T>(p)
+          ? launch_kernel(pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp), grid, block, smem, stream,
+                          launch.pdl, args, out)
+          : launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, smem, stream, launch.pdl, args, out,
+                          static_cast<int>(launch.pairs_per_warp));
+  if (err != cudaSuccess || (out.dweight[0] == nullptr && out.dweight[1] == nullptr)) return err;
+  const int threads = 256;
+  const int64_t reduce_blocks = (out.num_examples * 2 * p.head_dim + threads - 1) / threads;
+  if (reduce_blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  return launch_kernel(reduce_partials_kernel, dim3(static_cast<unsigned>(reduce_blocks)), dim3(threads), 0, stream,
+                       false, out,
+                       static_cast<int>(p.head_dim));
+}
+
+}  // namespace qkrope::cuda

@@ -1,0 +1,7 @@
+// Backward kernel instantiations for float q/k (one unit per type so they compile in parallel).
+#include "cuda/backward_dispatch.cuh"
+
+namespace qkrope::cuda {
+template cudaError_t launch_backward_typed<float>(const KernelArgs&, const BackwardOutputs&, const Launch&,
+                                                cudaStream_t);
+}  // namespace qkrope::cuda

@@ -1,0 +1,274 @@
+// Backward kernels: from the saved input x and the output cotangent dy, in one pass per head,
+//   g = rotate(dy, -angle);  r = rsqrt(mean(x^2) + eps);  xhat = x r;  u = g * scale
+//   dx = r * (u - xhat * mean(u * xhat));   dweight += g * xhat   (summed over tokens and heads)
+// The grid is persistent and fixed by the partials buffer: each block writes one [2, D] row of float32
+// weight-gradient partials in a fixed order, and reduce_partials_kernel sums the rows in a fixed order,
+// so the same inputs give bit-identical gradients.
+#pragma once
+
+#include "cuda/device_common.cuh"
+#include "cuda/forward_kernels.cuh"
+#include "cuda/tuned_layout.cuh"
+
+namespace qkrope::cuda {
+
+__device__ __forceinline__ bool wants_dweight(const Problem& p) { return p.weight[0] != nullptr || p.weight[1] != nullptr; }
+
+// The pairs of the example this block works on, and the block's warps numbered within that example.
+struct ExampleSpan {
+  int64_t begin, end;     // pair range of the example
+  int64_t warp, warps;    // this warp's index among the example's warps, and their count
+
+  __device__ __forceinline__ ExampleSpan(const Problem& p, const BackwardOutputs& o) {
+    const int64_t example = blockIdx.x / o.blocks_per_example;
+    const int64_t pairs = p.total_pairs() / o.num_examples;
+    begin = example * pairs;
+    end = begin + pairs;
+    warps = o.blocks_per_example * blockDim.x / kWarp;
+    warp = ((blockIdx.x % o.blocks_per_example) * blockDim.x + threadIdx.x) / kWarp;
+  }
+};
+
+// Sums the [warps][2][D] shared-memory rows of a block into its partials row. Every thread calls it.
+__device__ __forceinline__ void write_block_partials(const float* red, int head_dim, const BackwardOutputs& o) {
+  __syncthreads();
+  const int warps = blockDim.x / kWarp;
+  for (int t = threadIdx.x; t < 2 * head_dim; t += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += red[w * 2 * head_dim + t];
+    o.partials[static_cast<int64_t>(blockIdx.x) * 2 * head_dim + t] = sum;
+  }
+}
+
+template <typename T, int D, int N, Style S>
+__global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const KernelArgs a, const BackwardOutputs o) {
+  using Lay = TunedLayout<T, D, N, S>;
+  constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
+  extern __shared__ float red[];  // [warps][2][D]
+  wait_for_previous_kernel(a.pdl);
+  const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const ExampleSpan span(p, o);
+  const int64_t tasks = (span.end - span.begin + N - 1) / N;
+  const bool want_dw = wants_dweight(p);
+
+  float acc_q[SL][C] = {}, acc_k[SL][C] = {};
+  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+  int64_t angles_token = -1;
+
+  for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
+    PairSlots<I> at;
+    at.locate(p, span.begin + task * N + grp, G, span.end);
+    Chunk<T, C> xr[I][SL], dyr[I][SL];
+#pragma unroll
+    for (int i = 0; i < I; ++i) {
+      const T* xs = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+      const T* gs = static_cast<const T*>(p.group[at.group[i]].grad) + at.offset[i];
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+        if (at.valid[i]) {
+          xr[i][s].load(xs + Lay::chunk_start(s, gl));
+          dyr[i][s].load(gs + Lay::chunk_start(s, gl));
+        } else {
+          xr[i][s].zero();
+          dyr[i][s].zero();
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < I; ++i) {
+      if (at.valid[i] && at.token[i] != angles_token) {
+        load_tuned_angles<Lay>(a, at.token[i], gl, cs, sn);
+        angles_token = at.token[i];
+      }
+      float x[SL][C], g[SL][C];
+      float sumsq = 0.0f;
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          x[s][j] = xr[i][s].get(j);
+          g[s][j] = dyr[i][s].get(j);
+          sumsq += x[s][j] * x[s][j];
+        }
+      }
+      rotate_tuned<Lay, S>(g, cs, sn, -1.0f);
+      const float r = rsqrtf(group_sum<L>(sumsq) / static_cast<float>(D) + p.eps);
+      float u[SL][C];
+      float dot = 0.0f;
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+        float w[C];
+        load_scale<C>(p, at.group[i], Lay::chunk_start(s, gl), a.weight_vec, w);
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          x[s][j] *= r;  // xhat from here on
+          u[s][j] = g[s][j] * w[j];
+          dot += u[s][j] * x[s][j];
+        }
+      }
+      const float mean_dot = group_sum<L>(dot) / static_cast<float>(D);
+      if (!at.valid[i]) continue;
+      T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+        Chunk<T, C> out;
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          out.set(j, r * (u[s][j] - x[s][j] * mean_dot));
+          if (at.group[i] == 0) {
+            acc_q[s][j] += g[s][j] * x[s][j];
+          } else {
+            acc_k[s][j] += g[s][j] * x[s][j];
+          }
+        }
+        out.store(dst + Lay::chunk_start(s, gl));
+      }
+    }
+  }
+
+  if (!want_dw) return;  // uniform over the grid
+  // Lanes at the same position of the G groups hold the same elements: fold them, then one row per warp.
+#pragma unroll
+  for (int s = 0; s < SL; ++s) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+#pragma unroll
+      for (int offset = L; offset < kWarp; offset <<= 1) {
+        acc_q[s][j] += __shfl_xor_sync(0xffffffffu, acc_q[s][j], offset);
+        acc_k[s][j] += __shfl_xor_sync(0xffffffffu, acc_k[s][j], offset);
+      }
+    }
+  }
+  if (grp == 0) {
+    float* mine = red + (threadIdx.x / kWarp) * 2 * D;
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        mine[Lay::chunk_start(s, gl) + j] = acc_q[s][j];
+        mine[D + Lay::chunk_start(s, gl) + j] = acc_k[s][j];
+      }
+    }
+  }
+  write_block_partials(red, D, o);
+}
+
+template <typename T, int C, Style S>
+__global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const KernelArgs a, const BackwardOutputs o,
+                                                                        int pairs_per_warp) {
+  constexpr int K = kMaxHeadDim / (kWarp * C);
+  extern __shared__ float smem[];  // neox staging rows [warps][D] while looping, then [warps][2][D]
+  wait_for_previous_kernel(a.pdl);
+  const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp;
+  const int dim = p.head_dim;
+  const int chunks = dim / C;
+  const int heads = p.total_heads();
+  const ExampleSpan span(p, o);
+  const int64_t tasks = (span.end - span.begin + pairs_per_warp - 1) / pairs_per_warp;
+  float* row = warp_row(smem, dim);
+
+  float acc_q[K][C] = {}, acc_k[K][C] = {};
+  float cs[K][C], sn[K][C];
+  int64_t angles_token = -1;
+  for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
+    const int64_t first = span.begin + task * pairs_per_warp;
+    PairCursor cur(first, heads);
+    for (int it = 0; it < pairs_per_warp && first + it < span.end; ++it, cur.advance(1, heads)) {
+      int local = 0;
+      const int g = split_head(p, cur.head, &local);
+      const int64_t offset = head_offset(p, g, cur.token, local);
+      const T* xs = static_cast<const T*>(p.group[g].in) + offset;
+      const T* gs = static_cast<const T*>(p.group[g].grad) + offset;
+      float x[K][C], gr[K][C];
+      float sumsq = 0.0f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        Chunk<T, C> xc, gc;
+        if (lane + kWarp * k < chunks) {
+          xc.load(xs + (lane + kWarp * k) * C);
+          gc.load(gs + (lane + kWarp * k) * C);
+        } else {
+          xc.zero();
+          gc.zero();
+        }
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          x[k][j] = xc.get(j);
+          gr[k][j] = gc.get(j);
+          sumsq += x[k][j] * x[k][j];
+        }
+      }
+      if (cur.token != angles_token) {
+        load_generic_angles<K, C>(a, cur.token, lane, cs, sn);
+        angles_token = cur.token;
+      }
+      rotate_generic<K, C, S>(p, row, lane, gr, cs, sn, -1.0f);
+      const float r = rsqrtf(group_sum<kWarp>(sumsq) / static_cast<float>(dim) + p.eps);
+      float dot = 0.0f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        float w[C];
+        if (lane + kWarp * k < chunks) {
+          load_scale<C>(p, g, (lane + kWarp * k) * C, a.weight_vec, w);
+        } else {
+#pragma unroll
+          for (int j = 0; j < C; ++j) w[j] = 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          x[k][j] *= r;           // xhat
+          const float u = gr[k][j] * w[j];
+          dot += u * x[k][j];
+          if (g == 0) {
+            acc_q[k][j] += gr[k][j] * x[k][j];
+          } else {
+            acc_k[k][j] += gr[k][j] * x[k][j];
+          }
+          gr[k][j] = u;           // u from here on
+        }
+      }
+      const float mean_dot = group_sum<kWarp>(dot) / static_cast<float>(dim);
+      T* dst = static_cast<T*>(p.group[g].out) + offset;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (lane + kWarp * k >= chunks) continue;
+        Chunk<T, C> out;
+#pragma unroll
+        for (int j = 0; j < C; ++j) out.set(j, r * (gr[k][j] - x[k][j] * mean_dot));
+        out.store(dst + (lane + kWarp * k) * C);
+      }
+    }
+  }
+
+  if (!wants_dweight(p)) return;  // uniform over the grid
+  __syncthreads();                // staging rows are reused for the reduction
+  float* mine = smem + (threadIdx.x / kWarp) * 2 * dim;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (lane + kWarp * k >= chunks) continue;
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      mine[(lane + kWarp * k) * C + j] = acc_q[k][j];
+      mine[dim + (lane + kWarp * k) * C + j] = acc_k[k][j];
+    }
+  }
+  write_block_partials(smem, dim, o);
+}
+
+// dweight[g][example][e] = sum over the example's blocks b of partials[example][b][g][e], in block order.
+// static: each backward_<type>.cu unit keeps its own copy.
+static __global__ void reduce_partials_kernel(const BackwardOutputs o, int head_dim) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= o.num_examples * 2 * head_dim) return;
+  const int64_t example = t / (2 * head_dim);
+  const int g = static_cast<int>(t / head_dim % 2), e = static_cast<int>(t % head_dim);
+  if (o.dweight[g] == nullptr) return;
+  const float* rows = o.partials + example * o.blocks_per_example * 2 * head_dim;
+  float sum = 0.0f;
+  for (int64_t b = 0; b < o.blocks_per_example; ++b) sum += rows[(b * 2 + g) * head_dim + e];
+  o.dweight[g][example * head_dim + e] = sum;
+}
+
+}  // namespace qkrope::cuda

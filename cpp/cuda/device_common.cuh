@@ -1,0 +1,248 @@
+// Device helpers shared by the forward and backward kernels: element conversion, vector loads and
+// stores of head chunks, group reductions, positions and cos/sin.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/problem.h"
+#include "core/rope_math.h"
+
+namespace qkrope::cuda {
+
+constexpr int kWarp = 32;
+constexpr int kMaxWarpsPerBlock = 8;
+constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
+constexpr int kMaxHeadDim = 512;
+
+// Arguments every kernel receives by value.
+struct KernelArgs {
+  Problem p;
+  bool table_vec;   // cos/sin rows (or inv_freq) are 16-byte aligned everywhere a lane reads a run
+  bool weight_vec;  // both weights (where present) are 16-byte aligned
+  bool pdl;        // wait for the previous kernel through programmatic dependent launch
+};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// The widest plain word of a byte count (loads and stores of whole chunks use one instruction).
+template <int kBytes>
+struct WordOf;
+template <>
+struct WordOf<16> {
+  using type = uint4;
+};
+template <>
+struct WordOf<8> {
+  using type = uint2;
+};
+template <>
+struct WordOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct WordOf<2> {
+  using type = uint16_t;
+};
+
+// C consecutive elements of one head, moved as a single aligned word.
+template <typename T, int C>
+struct Chunk {
+  static constexpr int kBytes = static_cast<int>(sizeof(T)) * C;
+  static_assert(kBytes <= 16, "a chunk is at most one 16-byte word");
+  using Word = typename WordOf<kBytes>::type;
+  Word word;
+
+  __device__ __forceinline__ void load(const T* src) { word = *reinterpret_cast<const Word*>(src); }
+  __device__ __forceinline__ void store(T* dst) const { *reinterpret_cast<Word*>(dst) = word; }
+  __device__ __forceinline__ void zero() { word = Word{}; }
+  __device__ __forceinline__ float get(int i) const { return to_float(reinterpret_cast<const T*>(&word)[i]); }
+  __device__ __forceinline__ void set(int i, float v) { reinterpret_cast<T*>(&word)[i] = from_float<T>(v); }
+};
+
+// Sum over the L lanes of an aligned lane group (L a power of two, <= 32). Every lane of the warp
+// must call it, active or not.
+template <int L>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int offset = L / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ void wait_for_previous_kernel(bool pdl) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (pdl) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
+  }
+#endif
+}
+
+__device__ __forceinline__ int64_t load_position(const Problem& p, int64_t token) {
+  return p.positions_64 ? static_cast<const int64_t*>(p.positions)[token]
+                        : static_cast<int64_t>(static_cast<const int32_t*>(p.positions)[token]);
+}
+
+template <typename T>
+__device__ __forceinline__ float load_one(const void* base, int64_t index) {
+  return to_float(static_cast<const T*>(base)[index]);
+}
+
+__device__ __forceinline__ float load_scalar(const void* base, ElemType type, int64_t index) {
+  switch (type) {
+    case ElemType::kF32:
+      return load_one<float>(base, index);
+    case ElemType::kBF16:
+      return load_one<__nv_bfloat16>(base, index);
+    default:
+      return load_one<__half>(base, index);
+  }
+}
+
+// K consecutive floats starting at base[index] of a runtime float type; one or two 16-byte words per
+// lane when `vec` (the caller guarantees alignment), scalar loads otherwise.
+template <int K, typename T>
+__device__ __forceinline__ void load_run_typed(const void* base, int64_t index, bool vec, float (&out)[K]) {
+  constexpr int kBytes = static_cast<int>(sizeof(T)) * K;
+  if constexpr (kBytes >= 4) {
+    if (vec) {
+      constexpr int kWordBytes = kBytes < 16 ? kBytes : 16;
+      constexpr int kPerWord = kWordBytes / static_cast<int>(sizeof(T));
+      using Word = typename WordOf<kWordBytes>::type;
+      const Word* src = reinterpret_cast<const Word*>(static_cast<const T*>(base) + index);
+#pragma unroll
+      for (int w = 0; w < K / kPerWord; ++w) {
+        const Word word = src[w];
+        const T* e = reinterpret_cast<const T*>(&word);
+#pragma unroll
+        for (int j = 0; j < kPerWord; ++j) out[w * kPerWord + j] = to_float(e[j]);
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < K; ++j) out[j] = load_one<T>(base, index + j);
+}
+
+template <int K>
+__device__ __forceinline__ void load_run(const void* base, ElemType type, int64_t index, bool vec, float (&out)[K]) {
+  switch (type) {
+    case ElemType::kF32:
+      load_run_typed<K, float>(base, index, vec, out);
+      break;
+    case ElemType::kBF16:
+      load_run_typed<K, __nv_bfloat16>(base, index, vec, out);
+      break;
+    case ElemType::kF16:
+      load_run_typed<K, __half>(base, index, vec, out);
+      break;
+  }
+}
+
+// Per-element scale of a run of K elements: weight_offset + w, or 1 without a weight.
+template <int K>
+__device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t index, bool vec, float (&out)[K]) {
+  const void* w = p.weight[group & 1];
+  if (w == nullptr) {
+#pragma unroll
+    for (int j = 0; j < K; ++j) out[j] = 1.0f;
+    return;
+  }
+  load_run<K>(w, p.weight_dtype[group & 1], index, vec, out);
+#pragma unroll
+  for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
+}
+
+// cos/sin of K consecutive rotary pairs [first, first + K) of one token. Pairs at or past rotary_dim / 2
+// get the identity rotation (cos 1, sin 0), which leaves the pass-through dims unchanged.
+template <int K>
+__device__ __forceinline__ void load_angles(const KernelArgs& a, int64_t position, int first, float (&c)[K],
+                                            float (&s)[K]) {
+  const Problem& p = a.p;
+  const int half = p.rotary_dim / 2;
+  const bool whole = first + K <= half;
+  if (p.table.is_cache) {
+    const int64_t row = clamp_row(position, p.table.rows) * p.rotary_dim;
+    if (whole) {
+      load_run<K>(p.table.data, p.table.dtype, row + first, a.table_vec, c);
+      load_run<K>(p.table.data, p.table.dtype, row + half + first, a.table_vec, s);
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const bool in = first + j < half;
+      c[j] = in ? load_scalar(p.table.data, p.table.dtype, row + first + j) : 1.0f;
+      s[j] = in ? load_scalar(p.table.data, p.table.dtype, row + half + first + j) : 0.0f;
+    }
+    return;
+  }
+  const float* inv_freq = static_cast<const float*>(p.table.data);
+  const float pos = static_cast<float>(position);
+  float f[K];
+  if (whole) {
+    load_run_typed<K, float>(inv_freq, first, a.table_vec, f);
+  } else {
+#pragma unroll
+    for (int j = 0; j < K; ++j) f[j] = first + j < half ? inv_freq[first + j] : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < K; ++j) sincosf(pos * f[j], &s[j], &c[j]);
+}
+
+// Which head group (0 q, 1 k, 2 v) a head index of a token belongs to, and its index inside it.
+__device__ __forceinline__ int split_head(const Problem& p, int head, int* local) {
+  const int h0 = p.group[0].num_heads, h1 = p.group[1].num_heads;
+  if (head < h0) {
+    *local = head;
+    return 0;
+  }
+  if (head < h0 + h1) {
+    *local = head - h0;
+    return 1;
+  }
+  *local = head - h0 - h1;
+  return 2;
+}
+
+// Element offset of head `local` of group g at `token`.
+__device__ __forceinline__ int64_t head_offset(const Problem& p, int g, int64_t token, int local) {
+  return token * p.group[g].token_stride + static_cast<int64_t>(local) * p.head_dim;
+}
+
+// Walks the (token, head) pairs of a warp in order without a 64-bit division per pair.
+struct PairCursor {
+  int64_t token;
+  int head;
+  __device__ __forceinline__ PairCursor(int64_t pair, int heads) {
+    token = pair / heads;
+    head = static_cast<int>(pair - token * heads);
+  }
+  __device__ __forceinline__ void advance(int step, int heads) {
+    head += step;
+    while (head >= heads) {
+      head -= heads;
+      ++token;
+    }
+  }
+};
+
+}  // namespace qkrope::cuda

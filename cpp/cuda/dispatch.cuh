@@ -1,0 +1,85 @@
+// Kernel selection shared by the forward and backward launchers: alignment checks and the tables of
+// template instantiations.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "cuda/device_common.cuh"
+#include "cuda/launch_kernel.cuh"
+
+namespace qkrope::cuda {
+
+inline bool aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+// Every head of every group starts on a multiple of `bytes`.
+template <typename T>
+bool heads_aligned(const Problem& p, int bytes) {
+  if ((static_cast<int64_t>(p.head_dim) * static_cast<int64_t>(sizeof(T))) % bytes != 0) return false;
+  for (const HeadGroup& g : p.group) {
+    if (g.num_heads == 0) continue;
+    if ((g.token_stride * static_cast<int64_t>(sizeof(T))) % bytes != 0) return false;
+    if (!aligned(g.in, bytes) || !aligned(g.out, bytes) || (g.grad && !aligned(g.grad, bytes))) return false;
+  }
+  return true;
+}
+
+// The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox.
+template <typename T>
+bool use_tuned(const Problem& p) {
+  const bool shape = p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256;
+  return shape && (p.style == Style::kGptj || p.rotary_dim == p.head_dim) && heads_aligned<T>(p, 16);
+}
+
+// Elements per chunk of the generic kernels: a 16-byte word when every head is aligned to one, else a
+// pair of elements (aligned whenever the buffers are: head_dim is even).
+template <typename T>
+int generic_chunk(const Problem& p) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  return p.head_dim % kVec == 0 && heads_aligned<T>(p, 16) ? kVec : 2;
+}
+
+
+template <template <typename, int, int, Style> class Family, typename T, Style S, int D>
+auto tuned_for_pairs(int n) {
+  switch (n) {
+    case 1:
+      return Family<T, D, 1, S>::kernel;
+    case 2:
+      return Family<T, D, 2, S>::kernel;
+    case 4:
+      return Family<T, D, 4, S>::kernel;
+    default:
+      return Family<T, D, 8, S>::kernel;
+  }
+}
+
+template <template <typename, int, int, Style> class Family, typename T, Style S>
+auto tuned_for_dim(int head_dim, int n) {
+  switch (head_dim) {
+    case 64:
+      return tuned_for_pairs<Family, T, S, 64>(n);
+    case 128:
+      return tuned_for_pairs<Family, T, S, 128>(n);
+    default:
+      return tuned_for_pairs<Family, T, S, 256>(n);
+  }
+}
+
+template <template <typename, int, int, Style> class Family, typename T>
+auto pick_tuned(const Problem& p, int n) {
+  return p.style == Style::kNeox ? tuned_for_dim<Family, T, Style::kNeox>(p.head_dim, n)
+                                 : tuned_for_dim<Family, T, Style::kGptj>(p.head_dim, n);
+}
+
+template <template <typename, int, Style> class Family, typename T>
+auto pick_generic(const Problem& p) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const bool neox = p.style == Style::kNeox;
+  if (generic_chunk<T>(p) == kVec) {
+    return neox ? Family<T, kVec, Style::kNeox>::kernel : Family<T, kVec, Style::kGptj>::kernel;
+  }
+  return neox ? Family<T, 2, Style::kNeox>::kernel : Family<T, 2, Style::kGptj>::kernel;
+}
+
+}  // namespace qkrope::cuda

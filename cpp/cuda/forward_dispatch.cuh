@@ -1,0 +1,37 @@
+// Picks and launches the forward kernel for one storage type; included once per type by forward_<type>.cu
+// so the instantiations compile in parallel.
+#pragma once
+
+#include "cuda/dispatch.cuh"
+#include "cuda/forward_kernels.cuh"
+
+namespace qkrope::cuda {
+
+template <typename T, int D, int N, Style S>
+struct ForwardTuned {
+  static constexpr auto kernel = forward_tuned_kernel<T, D, N, S>;
+};
+
+template <typename T, int C, Style S>
+struct ForwardGeneric {
+  static constexpr auto kernel = forward_generic_kernel<T, C, S>;
+};
+
+template <typename T>
+cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, cudaStream_t stream) {
+  const Problem& p = args.p;
+  if (!heads_aligned<T>(p, 2 * static_cast<int>(sizeof(T)))) return cudaErrorMisalignedAddress;
+  const int64_t warps = (p.total_pairs() + launch.pairs_per_warp - 1) / launch.pairs_per_warp;
+  const int64_t blocks = (warps + launch.warps_per_block - 1) / launch.warps_per_block;
+  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
+  if (use_tuned<T>(p)) {
+    return launch_kernel(pick_tuned<ForwardTuned, T>(p, launch.pairs_per_warp), grid, block, 0, stream, launch.pdl,
+                         args);
+  }
+  const size_t smem = p.style == Style::kNeox ? launch.warps_per_block * p.head_dim * sizeof(float) : 0;
+  return launch_kernel(pick_generic<ForwardGeneric, T>(p), grid, block, smem, stream, launch.pdl, args,
+                       static_cast<int>(launch.pairs_per_warp));
+}
+
+}  // namespace qkrope::cuda

@@ -1,0 +1,6 @@
+// Forward kernel instantiations for __half q/k (one unit per type so they compile in parallel).
+#include "cuda/forward_dispatch.cuh"
+
+namespace qkrope::cuda {
+template cudaError_t launch_forward_typed<__half>(const KernelArgs&, const Launch&, cudaStream_t);
+}  // namespace qkrope::cuda

@@ -1,0 +1,293 @@
+// Forward kernels: RMSNorm over each head, scale, rotate, round once to the storage type.
+//
+// forward_tuned: head_dim fixed at compile time (64, 128, 256), full-rotary neox or any gptj; all of a
+//   lane's data stays in registers and a warp reuses one cos/sin load for the pairs of a token.
+// forward_generic: any even head_dim <= 512 and any rotary_dim; one warp per pair, chunk slots predicated,
+//   neox partners exchanged through shared memory.
+#pragma once
+
+#include "cuda/device_common.cuh"
+#include "cuda/tuned_layout.cuh"
+
+namespace qkrope::cuda {
+
+// Rotates pairs in registers by +angle (sign = 1) or -angle (sign = -1).
+template <typename Lay, Style S>
+__device__ __forceinline__ void rotate_tuned(float (&v)[Lay::SL][Lay::C], const float (&c)[Lay::AS][Lay::NA],
+                                             const float (&s)[Lay::AS][Lay::NA], float sign) {
+  if constexpr (S == Style::kNeox) {
+#pragma unroll
+    for (int j = 0; j < Lay::C; ++j) {
+      const float a = v[0][j], b = v[1][j], cs = c[0][j], sn = sign * s[0][j];
+      v[0][j] = a * cs - b * sn;
+      v[1][j] = b * cs + a * sn;
+    }
+  } else {
+#pragma unroll
+    for (int sl = 0; sl < Lay::SL; ++sl) {
+#pragma unroll
+      for (int k = 0; k < Lay::C / 2; ++k) {
+        const float a = v[sl][2 * k], b = v[sl][2 * k + 1], cs = c[sl][k], sn = sign * s[sl][k];
+        v[sl][2 * k] = a * cs - b * sn;
+        v[sl][2 * k + 1] = b * cs + a * sn;
+      }
+    }
+  }
+}
+
+// cos/sin of every run a lane of the tuned layout needs for one token.
+template <typename Lay>
+__device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t token, int gl,
+                                                  float (&c)[Lay::AS][Lay::NA], float (&s)[Lay::AS][Lay::NA]) {
+  const int64_t position = load_position(a.p, token);
+#pragma unroll
+  for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA>(a, position, Lay::angle_start(r, gl), c[r], s[r]);
+}
+
+// Where the I pairs of one lane group live: validity, token, head group and element offset.
+template <int I>
+struct PairSlots {
+  bool valid[I];
+  int64_t token[I];
+  int group[I];
+  int64_t offset[I];
+
+  // Pairs first_pair + i * stride, valid below `end`.
+  __device__ __forceinline__ void locate(const Problem& p, int64_t first_pair, int stride, int64_t end) {
+    const int heads = p.total_heads();
+    PairCursor cur(first_pair, heads);
+#pragma unroll
+    for (int i = 0; i < I; ++i) {
+      valid[i] = first_pair + static_cast<int64_t>(i) * stride < end;
+      token[i] = cur.token;
+      int local = 0;
+      group[i] = split_head(p, cur.head, &local);
+      offset[i] = head_offset(p, group[i], cur.token, local);
+      cur.advance(stride, heads);
+    }
+  }
+};
+
+template <typename T, int D, int N, Style S>
+__global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
+  using Lay = TunedLayout<T, D, N, S>;
+  constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
+  wait_for_previous_kernel(a.pdl);
+  const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+
+  PairSlots<I> at;
+  at.locate(p, warp * N + grp, G, p.total_pairs());
+
+  // Issue every load of the warp's pairs before any arithmetic: more bytes in flight per lane.
+  Chunk<T, C> raw[I][SL];
+#pragma unroll
+  for (int i = 0; i < I; ++i) {
+    const T* src = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+      if (at.valid[i]) {
+        raw[i][s].load(src + Lay::chunk_start(s, gl));
+      } else {
+        raw[i][s].zero();
+      }
+    }
+  }
+
+  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+  int64_t angles_token = -1;
+#pragma unroll
+  for (int i = 0; i < I; ++i) {
+    if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
+      load_tuned_angles<Lay>(a, at.token[i], gl, cs, sn);
+      angles_token = at.token[i];
+    }
+    float v[SL][C];
+    float sumsq = 0.0f;
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        v[s][j] = raw[i][s].get(j);
+        sumsq += v[s][j] * v[s][j];
+      }
+    }
+    sumsq = group_sum<L>(sumsq);  // every lane, valid or not
+    if (!at.valid[i]) continue;
+    T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
+    if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
+#pragma unroll
+      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl));
+      continue;
+    }
+    const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+      float w[C];
+      load_scale<C>(p, at.group[i], Lay::chunk_start(s, gl), a.weight_vec, w);
+#pragma unroll
+      for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * w[j];
+    }
+    rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+      Chunk<T, C> out;
+#pragma unroll
+      for (int j = 0; j < C; ++j) out.set(j, v[s][j]);
+      out.store(dst + Lay::chunk_start(s, gl));
+    }
+  }
+}
+
+// Shared-memory row of the calling warp in the generic kernels (head_dim floats per warp).
+__device__ __forceinline__ float* warp_row(float* smem, int head_dim) {
+  return smem + (threadIdx.x / kWarp) * head_dim;
+}
+
+// cos/sin for each element a lane holds in the generic layout (identity past rotary_dim).
+template <int K, int C>
+__device__ __forceinline__ void load_generic_angles(const KernelArgs& a, int64_t token, int lane, float (&c)[K][C],
+                                                    float (&s)[K][C]) {
+  const Problem& p = a.p;
+  const int half = p.rotary_dim / 2;
+  const int64_t position = load_position(p, token);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const int e = (lane + kWarp * k) * C + j;
+      int pair = -1;
+      if (e < p.rotary_dim) pair = p.style == Style::kNeox ? (e < half ? e : e - half) : e / 2;
+      float cj = 1.0f, sj = 0.0f;
+      if (pair >= 0) {
+        float one_c[1], one_s[1];
+        load_angles<1>(a, position, pair, one_c, one_s);
+        cj = one_c[0];
+        sj = one_s[0];
+      }
+      c[k][j] = cj;
+      s[k][j] = sj;
+    }
+  }
+}
+
+// Rotates the generic layout's values by +angle (sign 1) or -angle (sign -1). neox partners are read
+// from the warp's shared-memory row, so all lanes of the warp must call it.
+template <int K, int C, Style S>
+__device__ __forceinline__ void rotate_generic(const Problem& p, float* row, int lane, float (&v)[K][C],
+                                               const float (&c)[K][C], const float (&s)[K][C], float sign) {
+  const int chunks = p.head_dim / C;
+  if constexpr (S == Style::kNeox) {
+    const int half = p.rotary_dim / 2;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (lane + kWarp * k < chunks) {
+#pragma unroll
+        for (int j = 0; j < C; ++j) row[(lane + kWarp * k) * C + j] = v[k][j];
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (lane + kWarp * k >= chunks) continue;
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        const int e = (lane + kWarp * k) * C + j;
+        if (e >= p.rotary_dim) continue;
+        const float sn = sign * s[k][j];
+        v[k][j] = e < half ? v[k][j] * c[k][j] - row[e + half] * sn : v[k][j] * c[k][j] + row[e - half] * sn;
+      }
+    }
+    __syncwarp();  // the row is rewritten by the next pair
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+      for (int j = 0; j < C; j += 2) {
+        const float x0 = v[k][j], x1 = v[k][j + 1], cs = c[k][j], sn = sign * s[k][j];
+        v[k][j] = x0 * cs - x1 * sn;
+        v[k][j + 1] = x1 * cs + x0 * sn;
+      }
+    }
+  }
+}
+
+template <typename T, int C, Style S>
+__global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const KernelArgs a, int pairs_per_warp) {
+  constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane
+  extern __shared__ float smem[];
+  wait_for_previous_kernel(a.pdl);
+  const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp;
+  const int chunks = p.head_dim / C;
+  const int heads = p.total_heads();
+  const int64_t total = p.total_pairs();
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp * pairs_per_warp;
+  float* row = warp_row(smem, p.head_dim);
+
+  float cs[K][C], sn[K][C];
+  int64_t angles_token = -1;
+  PairCursor cur(first, heads);
+  for (int it = 0; it < pairs_per_warp && first + it < total; ++it, cur.advance(1, heads)) {  // warp-uniform
+    int local = 0;
+    const int g = split_head(p, cur.head, &local);
+    const int64_t offset = head_offset(p, g, cur.token, local);
+    const T* src = static_cast<const T*>(p.group[g].in) + offset;
+    T* dst = static_cast<T*>(p.group[g].out) + offset;
+    Chunk<T, C> raw[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (lane + kWarp * k < chunks) {
+        raw[k].load(src + (lane + kWarp * k) * C);
+      } else {
+        raw[k].zero();
+      }
+    }
+    if (g == 2) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (lane + kWarp * k < chunks) raw[k].store(dst + (lane + kWarp * k) * C);
+      }
+      continue;
+    }
+    if (cur.token != angles_token) {
+      load_generic_angles<K, C>(a, cur.token, lane, cs, sn);
+      angles_token = cur.token;
+    }
+    float v[K][C];
+    float sumsq = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        v[k][j] = raw[k].get(j);
+        sumsq += v[k][j] * v[k][j];
+      }
+    }
+    const float r = rsqrtf(group_sum<kWarp>(sumsq) / static_cast<float>(p.head_dim) + p.eps);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      float w[C];
+      if (lane + kWarp * k < chunks) {
+        load_scale<C>(p, g, (lane + kWarp * k) * C, a.weight_vec, w);
+      } else {
+#pragma unroll
+        for (int j = 0; j < C; ++j) w[j] = 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < C; ++j) v[k][j] = v[k][j] * r * w[j];
+    }
+    rotate_generic<K, C, S>(p, row, lane, v, cs, sn, 1.0f);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (lane + kWarp * k >= chunks) continue;
+      Chunk<T, C> out;
+#pragma unroll
+      for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
+      out.store(dst + (lane + kWarp * k) * C);
+    }
+  }
+}
+
+}  // namespace qkrope::cuda

@@ -1,0 +1,95 @@
+// CUDA FFI handlers: decode, then launch on XLA's stream. Marked command-buffer compatible: they only
+// launch kernels on the given stream (no allocation, sync, stream query or per-call device query).
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "cuda/launch.h"
+#include "ffi/bindings.h"
+#include "ffi/decode.h"
+#include "ffi/handlers.h"
+
+namespace qkrope {
+namespace {
+
+namespace ffi = ::xla::ffi;
+using ffi::AnyBuffer;
+using Out = ffi::Result<ffi::AnyBuffer>;
+using Stream = cudaStream_t;
+
+ffi::Error cuda_status(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string("qkrope: ") + what + " failed: " + cudaGetErrorName(err) + ": " +
+                              cudaGetErrorString(err));
+}
+
+ffi::Error forward(Stream stream, AnyBuffer q, AnyBuffer k, AnyBuffer positions, AnyBuffer q_weight,
+                   AnyBuffer k_weight, AnyBuffer table, Out q_out, Out k_out, ffi::Dictionary attrs) {
+  ffi_decode::Forward f;
+  if (auto e = ffi_decode::decode_forward(q, k, positions, q_weight, k_weight, table, q_out, k_out, attrs, &f);
+      e.failure()) {
+    return e;
+  }
+  return cuda_status(cuda::forward(f.problem, f.launch, stream), "forward kernel launch");
+}
+
+ffi::Error forward_packed(Stream stream, AnyBuffer qkv, AnyBuffer positions, AnyBuffer q_weight, AnyBuffer k_weight,
+                          AnyBuffer table, Out qkv_out, ffi::Dictionary attrs) {
+  ffi_decode::Forward f;
+  if (auto e = ffi_decode::decode_forward_packed(qkv, positions, q_weight, k_weight, table, qkv_out, attrs, &f);
+      e.failure()) {
+    return e;
+  }
+  return cuda_status(cuda::forward(f.problem, f.launch, stream), "forward kernel launch");
+}
+
+ffi::Error backward(Stream stream, AnyBuffer q, AnyBuffer k, AnyBuffer dq_out, AnyBuffer dk_out, AnyBuffer positions,
+                    AnyBuffer q_weight, AnyBuffer k_weight, AnyBuffer table, Out dq, Out dk, Out dq_weight,
+                    Out dk_weight, Out partials, ffi::Dictionary attrs) {
+  ffi_decode::Backward b;
+  if (auto e = ffi_decode::decode_backward(q, k, dq_out, dk_out, positions, q_weight, k_weight, table, dq, dk,
+                                           dq_weight, dk_weight, partials, attrs, &b);
+      e.failure()) {
+    return e;
+  }
+  return cuda_status(cuda::backward(b.problem, b.outputs, b.launch, stream), "backward kernel launch");
+}
+
+ffi::Error backward_packed(Stream stream, AnyBuffer qkv, AnyBuffer dqkv_out, AnyBuffer positions, AnyBuffer q_weight,
+                           AnyBuffer k_weight, AnyBuffer table, Out dqkv, Out dq_weight, Out dk_weight, Out partials,
+                           ffi::Dictionary attrs) {
+  ffi_decode::Backward b;
+  if (auto e = ffi_decode::decode_backward_packed(qkv, dqkv_out, positions, q_weight, k_weight, table, dqkv,
+                                                  dq_weight, dk_weight, partials, attrs, &b);
+      e.failure()) {
+    return e;
+  }
+  return cuda_status(cuda::backward(b.problem, b.outputs, b.launch, stream), "backward kernel launch");
+}
+
+// A plain device-to-device copy, used by the benchmark to measure the copy bandwidth it reports against.
+ffi::Error copy(Stream stream, AnyBuffer src, Out dst) {
+  if (src.size_bytes() != dst->size_bytes()) return ffi::Error::InvalidArgument("qkrope: copy sizes differ");
+  return cuda_status(
+      cudaMemcpyAsync(dst->untyped_data(), src.untyped_data(), src.size_bytes(), cudaMemcpyDeviceToDevice, stream),
+      "device copy");
+}
+
+auto cuda_bind() { return ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>(); }
+
+}  // namespace
+}  // namespace qkrope
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaForward, qkrope::forward, qkrope::ffi_bindings::forward(qkrope::cuda_bind()),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaForwardPacked, qkrope::forward_packed,
+                              qkrope::ffi_bindings::forward_packed(qkrope::cuda_bind()),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaBackward, qkrope::backward,
+                              qkrope::ffi_bindings::backward(qkrope::cuda_bind()),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaBackwardPacked, qkrope::backward_packed,
+                              qkrope::ffi_bindings::backward_packed(qkrope::cuda_bind()),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaCopy, qkrope::copy,
+                              qkrope::cuda_bind().Arg<xla::ffi::AnyBuffer>().Ret<xla::ffi::AnyBuffer>());

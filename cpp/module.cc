@@ -1,0 +1,51 @@
+// The Python extension: hands out the FFI handler capsules and reports how it was built.
+#include <nanobind/nanobind.h>
+
+#include "ffi/handlers.h"
+#include "xla/ffi/api/c_api.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+template <typename Fn>
+nb::capsule handler_capsule(Fn* fn) {
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+nb::dict cpu_targets() {
+  nb::dict d;
+  d["qkrope_fwd"] = handler_capsule(QkropeCpuForward);
+  d["qkrope_fwd_packed"] = handler_capsule(QkropeCpuForwardPacked);
+  d["qkrope_bwd"] = handler_capsule(QkropeCpuBackward);
+  d["qkrope_bwd_packed"] = handler_capsule(QkropeCpuBackwardPacked);
+  return d;
+}
+
+nb::dict cuda_targets() {
+  nb::dict d;
+#ifdef QKROPE_WITH_CUDA
+  d["qkrope_fwd"] = handler_capsule(QkropeCudaForward);
+  d["qkrope_fwd_packed"] = handler_capsule(QkropeCudaForwardPacked);
+  d["qkrope_bwd"] = handler_capsule(QkropeCudaBackward);
+  d["qkrope_bwd_packed"] = handler_capsule(QkropeCudaBackwardPacked);
+  d["qkrope_copy"] = handler_capsule(QkropeCudaCopy);
+#endif
+  return d;
+}
+
+}  // namespace
+
+NB_MODULE(_qkrope, m) {
+  m.doc() = "jax_qkrope's compiled part: XLA FFI handlers for the fused QK RMSNorm + RoPE op.";
+  m.def("cpu_targets", &cpu_targets, "FFI handler capsules for the CPU platform, by target name.");
+  m.def("cuda_targets", &cuda_targets, "FFI handler capsules for the CUDA platform (empty without CUDA).");
+  m.attr("ffi_api_version") = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
+#ifdef QKROPE_WITH_CUDA
+  m.attr("has_cuda") = true;
+  m.attr("cuda_architectures") = QKROPE_CUDA_ARCHS;
+#else
+  m.attr("has_cuda") = false;
+  m.attr("cuda_architectures") = "";
+#endif
+}
