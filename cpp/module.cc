@@ -2,6 +2,7 @@
 #include <nanobind/nanobind.h>
 
 #include "ffi/handlers.h"
+#include "ffi/poison.h"
 #include "xla/ffi/api/c_api.h"
 
 namespace nb = nanobind;
@@ -40,6 +41,9 @@ NB_MODULE(_qkrope, m) {
   m.doc() = "jax_qkrope's compiled part: XLA FFI handlers for the fused QK RMSNorm + RoPE op.";
   m.def("cpu_targets", &cpu_targets, "FFI handler capsules for the CPU platform, by target name.");
   m.def("cuda_targets", &cuda_targets, "FFI handler capsules for the CUDA platform (empty without CUDA).");
+  m.def(
+      "set_poison_outputs", [](bool on) { qkrope::poison_outputs_flag().store(on); },
+      "Test hook: NaN-fill every non-aliased output before the kernels run.");
   m.attr("ffi_api_version") = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
 #ifdef QKROPE_WITH_CUDA
   m.attr("has_cuda") = true;

@@ -40,17 +40,29 @@ class DeviceFacts:
 UNKNOWN_GPU = DeviceFacts(None, 132, "unknown GPU")
 
 
+STREAM = "stream"  # the persistent, software-pipelined forward kernel (auto dispatch only)
+
+
 @dataclasses.dataclass(frozen=True)
 class Launch:
     pairs_per_warp: int
     warps_per_block: int
     pdl: bool = False
+    persistent_sms: int = 0  # > 0: the streaming kernel, its grid sized for this many SMs
+
+    @property
+    def choice(self) -> int | str:
+        """The kernel choice: pairs per warp of the classic kernels, or "stream"."""
+        return STREAM if self.persistent_sms else self.pairs_per_warp
 
     def ffi_attributes(self) -> dict:
-        return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block), pdl=bool(self.pdl))
+        return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
+                    pdl=bool(self.pdl), persistent_sms=int(self.persistent_sms))
 
 
 _assumed_facts: list[DeviceFacts] = []
+_pdl_override: list[bool] = []
+_choice_override: list[int | str] = []
 
 
 @contextlib.contextmanager
@@ -61,6 +73,26 @@ def assume_device(facts: DeviceFacts) -> Iterator[None]:
         yield
     finally:
         _assumed_facts.pop()
+
+
+@contextlib.contextmanager
+def override_pdl(enabled: bool) -> Iterator[None]:
+    """Force programmatic dependent launch on or off for the forward calls lowered inside (tests, sweeps)."""
+    _pdl_override.append(enabled)
+    try:
+        yield
+    finally:
+        _pdl_override.pop()
+
+
+@contextlib.contextmanager
+def override_choice(choice: int | str) -> Iterator[None]:
+    """Force the forward kernel choice (1, 2, 4, 8 or "stream") of calls lowered inside (calibration)."""
+    _choice_override.append(choice)
+    try:
+        yield
+    finally:
+        _choice_override.pop()
 
 
 @functools.cache
@@ -97,12 +129,12 @@ def head_dim_class(head_dim: int) -> str:
     return str(head_dim) if head_dim in TUNED_HEAD_DIMS else "generic"
 
 
-def pick_from_thresholds(thresholds, pairs: int) -> int:
-    """The N of the first (max_pairs, N) entry with pairs <= max_pairs (None: no bound)."""
-    for bound, n in thresholds:
+def pick_from_thresholds(thresholds, pairs: int) -> int | str:
+    """The choice of the first (max_pairs, choice) entry with pairs <= max_pairs (None: no bound)."""
+    for bound, choice in thresholds:
         if bound is None or pairs <= bound:
-            return int(n)
-    return int(thresholds[-1][1])
+            return choice
+    return thresholds[-1][1]
 
 
 def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts) -> Launch:
@@ -113,8 +145,18 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     if calibration is not None:
         thresholds = calibration["forward"].get(head_dim_class(head_dim), thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
-    n = forced if forced is not None else pick_from_thresholds(thresholds, num_pairs)
-    return Launch(n, FORWARD_WARPS_PER_BLOCK, pdl=num_pairs <= pdl_max_pairs)
+    if forced is not None:
+        choice = forced
+    elif _choice_override:
+        choice = _choice_override[-1]
+    else:
+        choice = pick_from_thresholds(thresholds, num_pairs)
+    pdl = _pdl_override[-1] if _pdl_override else num_pairs <= pdl_max_pairs
+    # Programmatic dependent launch exists from Hopper (sm_90) on.
+    pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
+    if choice == STREAM:
+        return Launch(4, FORWARD_WARPS_PER_BLOCK, pdl=pdl, persistent_sms=facts.num_sms)
+    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl)
 
 
 def backward_launch(

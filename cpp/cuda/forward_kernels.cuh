@@ -35,11 +35,10 @@ __device__ __forceinline__ void rotate_tuned(float (&v)[Lay::SL][Lay::C], const 
   }
 }
 
-// cos/sin of every run a lane of the tuned layout needs for one token.
+// cos/sin of every run a lane of the tuned layout needs for one token's position.
 template <typename Lay>
-__device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t token, int gl,
+__device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t position, int gl,
                                                   float (&c)[Lay::AS][Lay::NA], float (&s)[Lay::AS][Lay::NA]) {
-  const int64_t position = load_position(a.p, token);
 #pragma unroll
   for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA>(a, position, Lay::angle_start(r, gl), c[r], s[r]);
 }
@@ -72,13 +71,17 @@ template <typename T, int D, int N, Style S>
 __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
-  wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
   const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
 
   PairSlots<I> at;
   at.locate(p, warp * N + grp, G, p.total_pairs());
+  // Positions are never written by these kernels, so they may be read before the previous one ends.
+  int64_t position[I];
+#pragma unroll
+  for (int i = 0; i < I; ++i) position[i] = at.valid[i] ? load_position(p, at.token[i]) : 0;
+  wait_for_previous_kernel(a.pdl);
 
   // Issue every load of the warp's pairs before any arithmetic: more bytes in flight per lane.
   Chunk<T, C> raw[I][SL];
@@ -100,7 +103,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
 #pragma unroll
   for (int i = 0; i < I; ++i) {
     if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
-      load_tuned_angles<Lay>(a, at.token[i], gl, cs, sn);
+      load_tuned_angles<Lay>(a, position[i], gl, cs, sn);
       angles_token = at.token[i];
     }
     float v[SL][C];

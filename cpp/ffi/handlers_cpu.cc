@@ -1,8 +1,11 @@
 // CPU FFI handlers: decode, then run the plain loops of cpu/qkrope_cpu.cc.
+#include <cstring>
+
 #include "cpu/qkrope_cpu.h"
 #include "ffi/bindings.h"
 #include "ffi/decode.h"
 #include "ffi/handlers.h"
+#include "ffi/poison.h"
 
 namespace qkrope {
 namespace {
@@ -11,6 +14,14 @@ namespace ffi = ::xla::ffi;
 using ffi::AnyBuffer;
 using Out = ffi::Result<ffi::AnyBuffer>;
 
+// Test hook (ffi/poison.h): NaN-fill the outputs that do not alias `input`.
+void poison(std::initializer_list<ffi::AnyBuffer> outputs, const void* input = nullptr) {
+  if (!poison_outputs()) return;
+  for (const ffi::AnyBuffer& b : outputs) {
+    if (b.untyped_data() != input) std::memset(b.untyped_data(), 0xff, b.size_bytes());
+  }
+}
+
 ffi::Error forward(AnyBuffer q, AnyBuffer k, AnyBuffer positions, AnyBuffer q_weight, AnyBuffer k_weight,
                    AnyBuffer table, Out q_out, Out k_out, ffi::Dictionary attrs) {
   ffi_decode::Forward f;
@@ -18,6 +29,8 @@ ffi::Error forward(AnyBuffer q, AnyBuffer k, AnyBuffer positions, AnyBuffer q_we
       e.failure()) {
     return e;
   }
+  poison({*q_out}, q.untyped_data());
+  poison({*k_out}, k.untyped_data());
   cpu::forward(f.problem);
   return ffi::Error::Success();
 }
@@ -29,6 +42,7 @@ ffi::Error forward_packed(AnyBuffer qkv, AnyBuffer positions, AnyBuffer q_weight
       e.failure()) {
     return e;
   }
+  poison({*qkv_out}, qkv.untyped_data());
   cpu::forward(f.problem);
   return ffi::Error::Success();
 }
@@ -42,6 +56,7 @@ ffi::Error backward(AnyBuffer q, AnyBuffer k, AnyBuffer dq_out, AnyBuffer dk_out
       e.failure()) {
     return e;
   }
+  poison({*dq, *dk, *dq_weight, *dk_weight, *partials}, dq_out.untyped_data());
   cpu::backward(b.problem, b.outputs);
   return ffi::Error::Success();
 }
@@ -55,6 +70,7 @@ ffi::Error backward_packed(AnyBuffer qkv, AnyBuffer dqkv_out, AnyBuffer position
       e.failure()) {
     return e;
   }
+  poison({*dq_weight, *dk_weight, *partials});
   cpu::backward(b.problem, b.outputs);
   return ffi::Error::Success();
 }

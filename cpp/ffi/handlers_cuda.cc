@@ -8,6 +8,7 @@
 #include "ffi/bindings.h"
 #include "ffi/decode.h"
 #include "ffi/handlers.h"
+#include "ffi/poison.h"
 
 namespace qkrope {
 namespace {
@@ -23,6 +24,16 @@ ffi::Error cuda_status(cudaError_t err, const char* what) {
                               cudaGetErrorString(err));
 }
 
+// Test hook (ffi/poison.h): NaN-fill, on the stream, the outputs that do not alias `input`.
+cudaError_t poison(cudaStream_t stream, std::initializer_list<ffi::AnyBuffer> outputs, const void* input = nullptr) {
+  if (!poison_outputs()) return cudaSuccess;
+  for (const ffi::AnyBuffer& b : outputs) {
+    if (b.untyped_data() == input || b.size_bytes() == 0) continue;
+    if (cudaError_t err = cudaMemsetAsync(b.untyped_data(), 0xff, b.size_bytes(), stream); err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 ffi::Error forward(Stream stream, AnyBuffer q, AnyBuffer k, AnyBuffer positions, AnyBuffer q_weight,
                    AnyBuffer k_weight, AnyBuffer table, Out q_out, Out k_out, ffi::Dictionary attrs) {
   ffi_decode::Forward f;
@@ -30,6 +41,8 @@ ffi::Error forward(Stream stream, AnyBuffer q, AnyBuffer k, AnyBuffer positions,
       e.failure()) {
     return e;
   }
+  if (auto e = cuda_status(poison(stream, {*q_out}, q.untyped_data()), "poison"); e.failure()) return e;
+  if (auto e = cuda_status(poison(stream, {*k_out}, k.untyped_data()), "poison"); e.failure()) return e;
   return cuda_status(cuda::forward(f.problem, f.launch, stream), "forward kernel launch");
 }
 
@@ -40,6 +53,7 @@ ffi::Error forward_packed(Stream stream, AnyBuffer qkv, AnyBuffer positions, Any
       e.failure()) {
     return e;
   }
+  if (auto e = cuda_status(poison(stream, {*qkv_out}, qkv.untyped_data()), "poison"); e.failure()) return e;
   return cuda_status(cuda::forward(f.problem, f.launch, stream), "forward kernel launch");
 }
 
@@ -49,6 +63,11 @@ ffi::Error backward(Stream stream, AnyBuffer q, AnyBuffer k, AnyBuffer dq_out, A
   ffi_decode::Backward b;
   if (auto e = ffi_decode::decode_backward(q, k, dq_out, dk_out, positions, q_weight, k_weight, table, dq, dk,
                                            dq_weight, dk_weight, partials, attrs, &b);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = cuda_status(poison(stream, {*dq, *dk, *dq_weight, *dk_weight, *partials}, dq_out.untyped_data()),
+                           "poison");
       e.failure()) {
     return e;
   }
@@ -64,6 +83,7 @@ ffi::Error backward_packed(Stream stream, AnyBuffer qkv, AnyBuffer dqkv_out, Any
       e.failure()) {
     return e;
   }
+  if (auto e = cuda_status(poison(stream, {*dq_weight, *dk_weight, *partials}), "poison"); e.failure()) return e;
   return cuda_status(cuda::backward(b.problem, b.outputs, b.launch, stream), "backward kernel launch");
 }
 

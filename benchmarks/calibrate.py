@@ -1,0 +1,123 @@
+"""Calibrates the forward kernel's pairs-per-warp heuristic on the current GPU.
+
+For each head_dim class (64, 128, 256 and the generic kernels, measured at 80) and a ladder of token
+counts, times every forced N in {1, 2, 4, 8}, keeps the fastest, turns the winners into thresholds on
+the pair count, and writes ``jax_qkrope/calibration/sm<major><minor>.json``, which the dispatch reads.
+It then re-times the automatic choice with the new file at every point and reports it against the best
+forced N (the issue asks for auto within 3% everywhere). Also decides up to which pair count
+programmatic dependent launch pays off.
+
+    python benchmarks/calibrate.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+from pathlib import Path
+
+import jax
+
+import jax_qkrope as qkr
+from jax_qkrope import dispatch
+from jax_qkrope.bench import Case, make_inputs, time_forward
+
+HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256), "generic": (32, 8, 80)}
+TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+CHOICES = (1, 2, 4, 8, dispatch.STREAM)
+TIE = 0.01  # within 1% of the fastest counts as a tie, won by the earlier choice (more parallelism)
+
+
+def thresholds_from(points: list[tuple[int, int]]) -> list[list]:
+    """(pairs, best N) sorted by pairs -> [[max_pairs, N], ..., [None, N]] with a boundary at the
+    geometric mean of neighbouring points whose winners differ."""
+    out: list[list] = []
+    for (pairs, n), nxt in zip(points, [*points[1:], None], strict=True):
+        if nxt is None:
+            out.append([None, n])
+        elif nxt[1] != n:
+            out.append([int(math.sqrt(pairs * nxt[0])), n])
+    return out
+
+
+def pick(times: dict) -> int | str:
+    best = min(times.values())
+    return next(choice for choice in CHOICES if times[choice] <= best * (1 + TIE))
+
+
+def time_choice(case: Case, inputs: dict, choice) -> float:
+    with dispatch.override_choice(choice):
+        return time_forward(case, inputs, qkr.fused)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    facts = dispatch.device_facts("cuda")
+    assert facts.compute_capability is not None, "calibrate on a CUDA GPU"
+    tokens = (1, 16, 1024, 16384, 65536) if args.quick else TOKENS
+    sweep: list[dict] = []
+    table: dict[str, list] = {}
+    for cls, heads in HEAD_DIM_CLASSES.items():
+        winners = []
+        for t in tokens:
+            case = Case(heads, t, "neox")
+            inputs = make_inputs(case)
+            times = {n: time_choice(case, inputs, n) for n in CHOICES}
+            best = pick(times)
+            pairs = t * (heads[0] + heads[1])
+            winners.append((pairs, best))
+            sweep.append(dict(head_dim_class=cls, heads=list(heads), T=t, pairs=pairs, times_us=times, best=best))
+            print(f"{cls:>8} T={t:>6} pairs={pairs:>8} " + " ".join(f"{n}={v:8.2f}" for n, v in times.items())
+                  + f"  -> N={best}", flush=True)
+        table[cls] = thresholds_from(winners)
+
+    # Programmatic dependent launch: on while it helps the smallest problems.
+    pdl_max_pairs = 0
+    for t in (1, 16, 128, 1024):
+        case = Case(HEAD_DIM_CLASSES["128"], t, "neox")
+        inputs = make_inputs(case)
+        n = dispatch.pick_from_thresholds(table["128"], t * 40)
+        with dispatch.override_pdl(False):
+            off = time_choice(case, inputs, n)
+        with dispatch.override_pdl(True):
+            on = time_choice(case, inputs, n)
+        print(f"pdl T={t}: off {off:.2f} us, on {on:.2f} us", flush=True)
+        if on < off * (1 - TIE):
+            pdl_max_pairs = t * 40
+        else:
+            break
+
+    major, minor = facts.compute_capability
+    calibration = dict(arch=f"sm_{major}{minor}", device=facts.name, sms=facts.num_sms,
+                       date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
+                       forward=table, pdl_max_pairs=pdl_max_pairs)
+    path = dispatch.CALIBRATION_DIR / f"sm{major}{minor}.json"
+    path.write_text(json.dumps(calibration, indent=1) + "\n")
+    dispatch.load_calibration.cache_clear()
+    print(f"wrote {path}: {json.dumps(table)} pdl_max_pairs={pdl_max_pairs}")
+
+    # Auto with the new calibration vs the best forced N, at every measured point.
+    worst = 0.0
+    for row in sweep:
+        case = Case(tuple(row["heads"]), row["T"], "neox")
+        inputs = make_inputs(case)
+        auto = time_forward(case, inputs, qkr.fused)
+        best = min(row["times_us"].values())
+        row["auto_us"], row["auto_over_best"] = auto, auto / best
+        worst = max(worst, auto / best)
+        print(f"auto {row['head_dim_class']:>8} T={row['T']:>6}: {auto:8.2f} us vs best forced {best:8.2f} us "
+              f"({100 * (auto / best - 1):+.1f}%)", flush=True)
+    print(f"worst auto/best over {len(sweep)} points: {worst:.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"calibration_sm{major}{minor}_sweep.json").write_text(
+        json.dumps(dict(calibration=calibration, device=jax.devices()[0].device_kind, sweep=sweep,
+                        worst_auto_over_best=worst), indent=1))
+
+
+if __name__ == "__main__":
+    main()

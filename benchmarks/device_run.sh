@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One device session in one call: build against the oldest supported XLA FFI headers (carried in
+# .ffi_headers when present), then run the stages named on the command line, in order:
+#   build tests sanitize calibrate bench bench_backward quickbench multigpu
+# Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/qkrope_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false CMAKE_BUILD_PARALLEL_LEVEL=16
+
+build() {
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUT/device.txt"
+  python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" \
+    | tee -a "$OUT/device.txt"
+  local headers=()
+  [ -d .ffi_headers ] && headers=(-C "cmake.define.QKROPE_FFI_INCLUDE_DIR=$PWD/.ffi_headers")
+  if ! python3 -m pip install --no-build-isolation --no-deps -v -e . "${headers[@]}" > "$OUT/build.log" 2>&1; then
+    tail -60 "$OUT/build.log"
+    return 1
+  fi
+  grep -E "jax_qkrope:|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -20
+  python3 -c "import jax_qkrope as q; print('FFI API', q.COMPILED_FFI_API_VERSION, 'CUDA', q.HAS_CUDA_KERNELS, q.CUDA_ARCHITECTURES)"
+}
+
+tests() {
+  python3 -m pytest -n 8 -q -p no:cacheprovider -rs --maxfail=40 tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
+}
+tests_kernels() {  # the GPU kernel tests and the forward matrix only
+  python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 tests/test_gpu_kernels.py tests/test_forward.py \
+    2>&1 | tee "$OUT/pytest_gpu_kernels.log" | tail -40
+}
+
+sanitize() {
+  for tool in memcheck racecheck synccheck; do
+    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool "$tool" --kernel-name regex:qkrope \
+      --print-limit 20 python3 benchmarks/sanitize_matrix.py > "$OUT/sanitizer_$tool.log" 2>&1
+    echo "$tool exit $?"; tail -4 "$OUT/sanitizer_$tool.log"
+  done
+}
+
+calibrate() { python3 benchmarks/calibrate.py --out "$OUT" 2>&1 | tee "$OUT/calibrate.log" | tail -70; cp jax_qkrope/calibration/sm90.json "$OUT/"; }
+calibrate_quick() { python3 benchmarks/calibrate.py --quick --out "$OUT" 2>&1 | tee "$OUT/calibrate_quick.log" | tail -50; }
+bench() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 2>&1 | tail -62; }
+bench_backward() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 --backward-only --styles neox gptj 2>&1 | tail -20; }
+quickbench() {
+  python3 -m jax_qkrope.bench --out "$OUT" --name quick --shapes 32,8,128 16,2,256 --tokens 1 16 1024 4096 16384 65536 \
+    --styles neox 2>&1 | tail -16
+}
+multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
+
+status=0
+for stage in "$@"; do
+  echo "=== $(date +%T) $stage"
+  "$stage" || status=$?
+done
+echo "=== $(date +%T) done (status $status)"
+tar czf /tmp/results.tgz -C "$OUT" . && mv /tmp/results.tgz "$OUT/results.tgz"
+exit $status

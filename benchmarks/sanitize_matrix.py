@@ -1,0 +1,79 @@
+"""A small, representative matrix of every kernel variant, forward and backward, for compute-sanitizer:
+styles x forced pairs-per-warp x head_dims (tuned, vectorised generic, narrow generic) x full and partial
+rotary x odd token counts, plus the packed layout with and without aliasing. Checks results too.
+
+    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_qkrope as qkr
+from jax_qkrope import dispatch
+from jax_qkrope import reference as ref
+
+HEAD_DIMS = (64, 128, 256, 80, 66)
+TOKENS = (1, 3, 17)
+
+
+def rel(a, e) -> float:
+    a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+    return float(np.max(np.abs(a - e)) / max(np.max(np.abs(e)), 1e-30)) if a.size else 0.0
+
+
+def main() -> int:
+    worst = 0.0
+    for d in HEAD_DIMS:
+        for t in TOKENS:
+            keys = jax.random.split(jax.random.PRNGKey(d * 100 + t), 4)
+            q = jax.random.normal(keys[0], (t, 5, d), jnp.bfloat16)
+            k = jax.random.normal(keys[1], (t, 2, d), jnp.bfloat16)
+            w = (1 + 0.1 * jax.random.normal(keys[2], (d,))).astype(jnp.bfloat16)
+            p = jax.random.randint(keys[3], (t,), 0, 100)
+            variants = [(n, s, r) for n in (1, 2, 4, 8) for s in ("neox", "gptj") for r in (d, d // 2 // 2 * 2)]
+
+            @jax.jit
+            def run(q, k, w, p, variants=variants):
+                outs = []
+                for n, s, r in variants:
+                    f = lambda q, k, w, n=n, s=s, r=r: qkr.fused(q, k, p, w, w, style=s, rotary_dim=r,  # noqa: E731
+                                                                token_heads_per_warp=n)
+                    out, vjp = jax.vjp(f, q, k, w)
+                    outs.append((out, vjp(out)))
+                return outs
+
+            for (n, s, r), (out, grads) in zip(variants, run(q, k, w, p), strict=True):
+                expected = ref.fused(q, k, p, w, w, style=s, rotary_dim=r)
+                err = max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
+                assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
+                worst = max(worst, err)
+                if err > 1e-2:
+                    print(f"MISMATCH d={d} t={t} N={n} {s} rotary={r}: {err}")
+                    return 1
+        if d in (64, 128, 256):  # the streaming kernel (auto dispatch's choice for large problems)
+            q = jax.random.normal(jax.random.PRNGKey(d), (33, 5, d), jnp.bfloat16)
+            k = jax.random.normal(jax.random.PRNGKey(d + 1), (33, 2, d), jnp.bfloat16)
+            p = jnp.arange(33, dtype=jnp.int32)
+            for style in ("neox", "gptj"):
+                with dispatch.override_choice(dispatch.STREAM):
+                    out = jax.jit(lambda q, k, p, s=style: qkr.fused(q, k, p, style=s))(q, k, p)
+                expected = ref.fused(q, k, p, style=style)
+                worst = max(worst, *(rel(a.astype(jnp.float32), e.astype(jnp.float32))
+                                     for a, e in zip(out, expected, strict=True)))
+        qkv = jax.random.normal(jax.random.PRNGKey(d), (17, (4 + 2 * 2) * d), jnp.bfloat16)
+        p = jnp.arange(17, dtype=jnp.int32)
+        expected = ref.fused_qkv(qkv, p, 4, 2)
+        for donate in ((), (0,)):
+            out = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 4, 2), donate_argnums=donate)(jnp.copy(qkv), p)
+            worst = max(worst, rel(out.astype(jnp.float32), expected.astype(jnp.float32)))
+    print(f"sanitize matrix done on {jax.devices()[0].device_kind}: worst relative error {worst:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

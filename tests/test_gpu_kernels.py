@@ -1,0 +1,168 @@
+"""Every CUDA kernel variant vs the reference, on the GPU: forced pairs-per-warp x head_dims (tuned,
+vectorised generic, narrow generic) x styles x partial rotary; token counts; unaligned packed heads;
+chains under CUDA-graph capture and programmatic dependent launch; 64-bit indexing."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import DTYPES, assert_close, random_heads, random_positions, random_weight, requires_gpu
+
+import jax_qkrope as qkr
+from jax_qkrope import dispatch
+from jax_qkrope import reference as ref
+
+pytestmark = requires_gpu
+
+# 64/128/256 tuned; 80, 96, 192, 512 (and 72 for bf16) vectorised generic; 2, 6, 66 narrow generic.
+HEAD_DIMS = (2, 6, 64, 66, 72, 80, 96, 128, 192, 256, 512)
+
+
+def partial_rotaries(head_dim: int) -> tuple[int, ...]:
+    return tuple(sorted({head_dim, max(2, head_dim // 2 // 2 * 2), 2}))
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_forced_pairs_per_warp_forward_and_backward(dtype, head_dim):
+    keys = jax.random.split(jax.random.PRNGKey(head_dim), 7)
+    tokens = (37,)  # odd: partial warps and blocks
+    q = random_heads(keys[0], tokens, 6, head_dim, dtype)
+    k = random_heads(keys[1], tokens, 3, head_dim, dtype)
+    wq, wk = random_weight(keys[2], head_dim, dtype), random_weight(keys[3], head_dim)
+    positions = random_positions(keys[4], tokens, 3000)
+    cot = (random_heads(keys[5], tokens, 6, head_dim, dtype), random_heads(keys[6], tokens, 3, head_dim, dtype))
+    variants = [(n, s, r) for n in (1, 2, 4, 8) for s in ("neox", "gptj") for r in partial_rotaries(head_dim)]
+    up = lambda x: x.astype(jnp.float32)  # noqa: E731
+
+    @jax.jit
+    def run(q, k, wq, wk, positions, cot):
+        results = []
+        for n, style, rotary in variants:
+            kw = dict(style=style, rotary_dim=rotary)
+            out, vjp = jax.vjp(lambda *a: qkr.fused(*a[:2], positions, *a[2:], token_heads_per_warp=n, **kw),
+                               q, k, wq, wk)
+            ref_out, ref_vjp = jax.vjp(lambda *a: ref.fused(*a[:2], positions, *a[2:], **kw),
+                                       up(q), up(k), up(wq), up(wk))
+            results.append((out, vjp(cot), ref_out, ref_vjp(tuple(map(up, cot)))))
+        return results
+
+    for variant, (out, grads, ref_out, ref_grads) in zip(variants, run(q, k, wq, wk, positions, cot), strict=True):
+        for a, e in zip(out, ref_out, strict=True):
+            assert_close(a, e.astype(dtype), dtype, f"forward {variant}")
+        for name, a, e in zip(("dq", "dk", "dwq", "dwk"), grads, ref_grads, strict=True):
+            scale = 2e-2 / 1e-5 if dtype != jnp.float32 else 1.0
+            assert_close(a, e, jnp.float32, f"{name} {variant}", scale=scale)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_stream_kernel(dtype, head_dim):
+    """The persistent streaming forward kernel (an auto-dispatch choice), every style, odd sizes, GQA,
+    partial rotary (gptj stays on it; neox falls back), caches of every dtype, and packed V copies."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 1), 5)
+    variants = [(t, s, r, c) for t in (1, 3, 1001) for s in ("neox", "gptj") for r in (head_dim, head_dim // 2)
+                for c in (None, jnp.float32, jnp.bfloat16)]
+    w = random_weight(keys[2], head_dim, dtype)
+
+    def make(t):
+        return (random_heads(keys[0], (t,), 7, head_dim, dtype), random_heads(keys[1], (t,), 3, head_dim, dtype),
+                random_positions(keys[3], (t,), 5000))
+
+    with dispatch.override_choice("stream"):
+        for tokens, style, rotary, cache_dtype in variants:
+            q, k, positions = make(tokens)
+            cache = None if cache_dtype is None else qkr.rope_cos_sin_cache(5000, rotary, dtype=cache_dtype)
+            kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=cache)
+            ours = jax.jit(lambda q, k, p, c, kw=kw: qkr.fused(q, k, p, w, w, **{**kw, "cos_sin_cache": c}))(
+                q, k, positions, cache)
+            expected = ref.fused(q, k, positions, w, w, **kw)
+            for a, e in zip(ours, expected, strict=True):
+                assert_close(a, e, dtype, f"stream {tokens} {style} {rotary} {cache_dtype}")
+        qkv = random_heads(keys[4], (999,), 6 + 2 * 2, head_dim, dtype).reshape(999, -1)
+        positions = random_positions(keys[3], (999,), 5000)
+        ours = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 6, 2, w, w))(qkv, positions)
+        assert jnp.array_equal(ours[:, 8 * head_dim :], qkv[:, 8 * head_dim :])
+        assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "stream packed")
+
+
+@pytest.mark.parametrize("choice", [None, "stream"])
+@pytest.mark.parametrize("tokens", [0, 1, 3, 17, 1000, 65537])
+@pytest.mark.parametrize(("hq", "hk", "head_dim"), [(32, 8, 128), (16, 2, 256), (12, 4, 80)])
+def test_token_counts(tokens, hq, hk, head_dim, choice):
+    keys = jax.random.split(jax.random.PRNGKey(tokens), 4)
+    q = random_heads(keys[0], (tokens,), hq, head_dim, jnp.bfloat16)
+    k = random_heads(keys[1], (tokens,), hk, head_dim, jnp.bfloat16)
+    w = random_weight(keys[2], head_dim, jnp.bfloat16)
+    positions = random_positions(keys[3], (tokens,), 32768)
+    cache = qkr.rope_cos_sin_cache(32768, head_dim)
+    override = dispatch.override_choice(choice) if choice else contextlib.nullcontext()
+    for kwargs in (dict(), dict(cos_sin_cache=cache, style="gptj")):
+        with override:
+            ours = jax.jit(lambda q, k, p, kw=kwargs: qkr.fused(q, k, p, w, w, **kw))(q, k, positions)
+        expected = jax.jit(lambda q, k, p, kw=kwargs: ref.fused(q, k, p, w, w, **kw))(q, k, positions)
+        for a, e in zip(ours, expected, strict=True):
+            assert_close(a, e, jnp.bfloat16, f"{tokens} tokens {kwargs.keys()}")
+    g = jax.jit(jax.grad(lambda q, w: jnp.sum(qkr.fused(q, k, positions, w, w)[0].astype(jnp.float32) ** 2),
+                         argnums=(0, 1)))
+    e = jax.jit(jax.grad(lambda q, w: jnp.sum(ref.fused(q.astype(jnp.float32), k.astype(jnp.float32), positions,
+                                                       w.astype(jnp.float32), w)[0] ** 2), argnums=(0, 1)))
+    for a, b in zip(g(q, w), e(q, w), strict=True):
+        assert_close(a, b, jnp.float32, f"grad {tokens} tokens", scale=2e3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("donate", [False, True])
+def test_packed_heads_not_16_byte_aligned(dtype, donate):
+    hq, hk, d = 5, 1, 66  # heads start every 132 (bf16) or 264 (f32) bytes: the narrow kernels
+    qkv = random_heads(jax.random.PRNGKey(1), (123,), hq + 2 * hk, d, dtype).reshape(123, -1)
+    positions = random_positions(jax.random.PRNGKey(2), (123,), 999)
+    expected = ref.fused_qkv(qkv, positions, hq, hk, style="neox", rotary_dim=34)
+    f = jax.jit(lambda x, p: qkr.fused_qkv(x, p, hq, hk, style="neox", rotary_dim=34),
+                donate_argnums=(0,) if donate else ())
+    ours = f(jnp.copy(qkv), positions)
+    assert jnp.array_equal(ours[:, (hq + hk) * d :], qkv[:, (hq + hk) * d :])
+    assert_close(ours, expected, dtype, "unaligned packed")
+
+
+@pytest.mark.parametrize("pdl", [False, True])
+def test_dependent_chain_under_graph_capture(pdl):
+    """A chain of dependent calls (XLA captures it into a CUDA graph), with and without PDL."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    q = random_heads(keys[0], (7,), 32, 128, jnp.float32)
+    k = random_heads(keys[1], (7,), 8, 128, jnp.float32)
+    w = random_weight(keys[2], 128)
+    positions = random_positions(keys[3], (7,), 100)
+
+    def chain(fn, q, k):
+        for _ in range(24):
+            q, k = jax.lax.optimization_barrier(fn(q, k, positions, w, w))
+        return q, k
+
+    with dispatch.override_pdl(pdl):
+        ours = jax.jit(lambda q, k: chain(qkr.fused, q, k))(q, k)
+    expected = jax.jit(lambda q, k: chain(ref.fused, q, k))(q, k)
+    for a, e in zip(ours, expected, strict=True):
+        assert_close(a, e, jnp.float32, f"chain pdl={pdl}", scale=10)
+
+
+@pytest.mark.slow
+def test_64_bit_indexing():
+    """q of more than 2**31 elements: the last tokens, whose offsets need 64 bits, are right."""
+    hq, hk, d = 32, 8, 128
+    tokens = 2**31 // (hq * d) + 4099
+    assert tokens * hq * d > 2**31
+    q = jax.jit(lambda: jax.random.normal(jax.random.PRNGKey(0), (tokens, hq, d), jnp.bfloat16))()
+    k = jax.jit(lambda: jax.random.normal(jax.random.PRNGKey(1), (tokens, hk, d), jnp.bfloat16))()
+    positions = jnp.arange(tokens, dtype=jnp.int32) % 40000
+    w = random_weight(jax.random.PRNGKey(2), d, jnp.bfloat16)
+    tail = slice(tokens - 4099, tokens)
+    for style in ("neox", "gptj"):
+        q_out, k_out = jax.jit(lambda q, k, p, s=style: qkr.fused(q, k, p, w, w, style=s))(q, k, positions)
+        q_exp, k_exp = ref.fused(q[tail], k[tail], positions[tail], w, w, style=style)
+        assert_close(q_out[tail], q_exp, jnp.bfloat16, f"q tail {style}")
+        assert_close(k_out[tail], k_exp, jnp.bfloat16, f"k tail {style}")
+        del q_out, k_out

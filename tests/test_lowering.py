@@ -1,0 +1,105 @@
+"""What reaches XLA: the CUDA custom call and its dispatch attributes (lowered here without a GPU), the
+backward's partials, and the FFI version check."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jax_qkrope as qkr
+from jax_qkrope import _extension, dispatch
+
+H100 = dispatch.DeviceFacts((9, 0), 132, "H100")
+needs_cuda_build = pytest.mark.skipif(not qkr.HAS_CUDA_KERNELS, reason="built without a CUDA compiler")
+
+
+def cuda_text(fn, *args) -> str:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def attribute(text: str, target: str, name: str) -> str:
+    call = re.search(rf"stablehlo.custom_call @{target}\(.*", text)
+    assert call, f"no custom call to {target}"
+    value = re.search(rf"{name} = ([^,}}]+)", call.group(0))
+    assert value, f"{name} missing from {call.group(0)}"
+    return value.group(1).strip()
+
+
+@needs_cuda_build
+@pytest.mark.parametrize(("tokens", "hq", "hk", "d"), [(1, 32, 8, 128), (1024, 32, 8, 128), (65536, 16, 2, 256),
+                                                       (300, 16, 16, 64), (50, 8, 8, 80)])
+@pytest.mark.parametrize("facts", [H100, dispatch.UNKNOWN_GPU], ids=["sm90", "unknown"])
+def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
+    q = jax.ShapeDtypeStruct((tokens, hq, d), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((tokens, hk, d), jnp.bfloat16)
+    p = jax.ShapeDtypeStruct((tokens,), jnp.int32)
+    with dispatch.assume_device(facts):
+        text = cuda_text(lambda q, k, p: qkr.fused(q, k, p), q, k, p)
+    expected = dispatch.forward_launch(tokens * (hq + hk), d, None, facts)
+    assert attribute(text, "qkrope_fwd", "pairs_per_warp") == f"{expected.pairs_per_warp} : i64"
+    assert attribute(text, "qkrope_fwd", "persistent_sms") == f"{expected.persistent_sms} : i64"
+    assert attribute(text, "qkrope_fwd", "warps_per_block") == f"{expected.warps_per_block} : i64"
+    assert attribute(text, "qkrope_fwd", "rotary_dim") == f"{d} : i64"
+    if facts is dispatch.UNKNOWN_GPU:  # the conservative default table
+        assert expected.pairs_per_warp == dispatch.pick_from_thresholds(
+            dispatch.DEFAULT_FORWARD_THRESHOLDS, tokens * (hq + hk))
+        assert attribute(text, "qkrope_fwd", "pdl") == "false"
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("forced", [1, 2, 4, 8])
+def test_forced_pairs_per_warp_is_honoured(forced):
+    q = jax.ShapeDtypeStruct((4096, 32, 128), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((4096, 8, 128), jnp.bfloat16)
+    p = jax.ShapeDtypeStruct((4096,), jnp.int32)
+    with dispatch.assume_device(H100):
+        text = cuda_text(lambda q, k, p: qkr.fused(q, k, p, token_heads_per_warp=forced), q, k, p)
+    assert attribute(text, "qkrope_fwd", "pairs_per_warp") == f"{forced} : i64"
+
+
+@needs_cuda_build
+def test_stream_choice_lowers_to_a_persistent_grid():
+    q = jax.ShapeDtypeStruct((65536, 32, 128), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((65536, 8, 128), jnp.bfloat16)
+    p = jax.ShapeDtypeStruct((65536,), jnp.int32)
+    with dispatch.assume_device(H100), dispatch.override_choice(dispatch.STREAM):
+        text = cuda_text(lambda q, k, p: qkr.fused(q, k, p), q, k, p)
+    assert attribute(text, "qkrope_fwd", "persistent_sms") == "132 : i64"
+    with dispatch.assume_device(H100), dispatch.override_choice(dispatch.STREAM):
+        text = cuda_text(lambda q, k, p: qkr.fused(q, k, p, token_heads_per_warp=2), q, k, p)
+    assert attribute(text, "qkrope_fwd", "persistent_sms") == "0 : i64"  # a forced N wins
+    assert attribute(text, "qkrope_fwd", "pairs_per_warp") == "2 : i64"
+
+
+@needs_cuda_build
+def test_cuda_backward_lowering_has_persistent_partials():
+    q = jnp.ones((4096, 32, 128), jnp.bfloat16)
+    k = jnp.ones((4096, 8, 128), jnp.bfloat16)
+    w = jnp.ones((128,), jnp.bfloat16)
+    p = jnp.arange(4096, dtype=jnp.int32)
+    g = jax.grad(lambda q, w: jnp.sum(qkr.fused(q, k, p, w, w)[0].astype(jnp.float32)), argnums=(0, 1))
+    with dispatch.assume_device(H100):
+        text = cuda_text(g, q, w)
+    _, blocks = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda")
+    assert blocks == dispatch.BACKWARD_BLOCKS_PER_SM * 132
+    assert re.search(rf"stablehlo.custom_call @qkrope_bwd\(.*tensor<1x{blocks}x2x128xf32>", text)
+
+
+def test_cpu_lowering_uses_the_cpu_target():
+    text = jax.jit(qkr.fused).lower(jnp.ones((3, 4, 64)), jnp.ones((3, 4, 64)), jnp.arange(3)).as_text()
+    assert "stablehlo.custom_call @qkrope_fwd" in text
+
+
+def test_ffi_version_check():
+    major, minor = _extension.COMPILED_FFI_API_VERSION
+    _extension.check_ffi_version((major, minor), (major, minor))
+    _extension.check_ffi_version((major, minor), (major, minor + 1))  # an older build on a newer runtime
+    _extension.check_ffi_version((major, minor), None)  # headers not shipped: XLA itself checks
+    with pytest.raises(ImportError, match="built against XLA FFI API"):
+        _extension.check_ffi_version((major, minor + 1), (major, minor))
+    with pytest.raises(ImportError, match="built against XLA FFI API"):
+        _extension.check_ffi_version((major + 1, 0), (major, minor))
+    assert _extension.runtime_ffi_api_version() >= _extension.COMPILED_FFI_API_VERSION
