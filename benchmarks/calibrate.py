@@ -97,6 +97,7 @@ def main() -> None:
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        forward=table, pdl_max_pairs=pdl_max_pairs)
     path = dispatch.CALIBRATION_DIR / f"sm{major}{minor}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration, indent=1) + "\n")
     dispatch.load_calibration.cache_clear()
     print(f"wrote {path}: {json.dumps(table)} pdl_max_pairs={pdl_max_pairs}")

@@ -47,6 +47,12 @@ quickbench() {
   python3 -m jax_qkrope.bench --out "$OUT" --name quick --shapes 32,8,128 16,2,256 --tokens 1 16 1024 4096 16384 65536 \
     --styles neox 2>&1 | tail -16
 }
+small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
+ncu_check() {
+  ncu --kernel-name regex:qkrope --clock-control none --metrics gpu__time_duration.sum --csv \
+    python3 benchmarks/ncu_kernels.py > "$OUT/ncu_kernels.csv" 2> "$OUT/ncu_kernels.err"
+  echo "ncu exit $?"; grep -E "qkrope" "$OUT/ncu_kernels.csv" | awk -F'","' '{print $5, $(NF)}' | sed 's/"//g' | cut -c1-160
+}
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 
 status=0

@@ -1,9 +1,9 @@
 """Device time per call of a jitted op, and the copy bandwidth the op is measured against.
 
 Method: a jitted chain of K calls, each feeding the next and separated by ``lax.optimization_barrier``
-(XLA runs it as one program, on GPU captured into a CUDA graph). Two chain lengths are timed by wall
-clock around ``block_until_ready``, many times each; the per-call device time is the difference of
-the medians over the difference of the lengths, which cancels the fixed dispatch and sync costs.
+(XLA runs it as one program). Two chain lengths are timed by wall clock around ``block_until_ready``,
+alternately, many times; the per-call device time is the median difference over the difference of
+the lengths, which cancels the fixed dispatch and sync costs.
 """
 
 from __future__ import annotations
@@ -30,29 +30,29 @@ def chain(step: Step, length: int) -> Callable:
     return jax.jit(run)
 
 
-def _median_seconds(fn: Callable, args: Sequence, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
+def _seconds(fn: Callable, args: Sequence) -> float:
+    start = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return time.perf_counter() - start
 
 
-def per_call_us(step: Step, state: Sequence, repeats: int = 15, target_ms: float = 4.0) -> float:
+def per_call_us(step: Step, state: Sequence, repeats: int = 15, target_ms: float = 6.0) -> float:
     """Median device microseconds of one `step`, from chains of two lengths (see module docstring).
 
-    The longer chain adds enough calls to run about `target_ms`, estimated from a probe of the short one.
+    The long chain adds enough calls to run about `target_ms` (512 for launch-bound tiny calls); short
+    and long runs alternate so that slow drifts (clocks, temperature) cancel in each difference.
     """
     short = 2
     short_fn = chain(step, short)
-    t_short = _median_seconds(short_fn, state, repeats)
-    estimate_us = t_short / short * 1e6  # an over-estimate: includes the dispatch overhead
-    extra = int(min(256, max(4, math.ceil(target_ms * 1e3 / max(estimate_us, 1.0)))))
-    t_long = _median_seconds(chain(step, short + extra), state, repeats)
-    return max(t_long - t_short, 0.0) / extra * 1e6
+    for _ in range(3):  # compile, warm up, probe
+        probe = _seconds(short_fn, state)
+    estimate_us = probe / short * 1e6  # an over-estimate: includes the dispatch overhead
+    extra = 512 if estimate_us < 20 else int(min(512, max(4, math.ceil(target_ms * 1e3 / estimate_us))))
+    long_fn = chain(step, short + extra)
+    jax.block_until_ready(long_fn(*state))
+    jax.block_until_ready(long_fn(*state))
+    differences = [_seconds(long_fn, state) - _seconds(short_fn, state) for _ in range(repeats)]
+    return max(statistics.median(differences), 0.0) / extra * 1e6
 
 
 def _copy_step(x):

@@ -99,9 +99,8 @@ def test_token_counts(tokens, hq, hk, head_dim, choice):
     w = random_weight(keys[2], head_dim, jnp.bfloat16)
     positions = random_positions(keys[3], (tokens,), 32768)
     cache = qkr.rope_cos_sin_cache(32768, head_dim)
-    override = dispatch.override_choice(choice) if choice else contextlib.nullcontext()
     for kwargs in (dict(), dict(cos_sin_cache=cache, style="gptj")):
-        with override:
+        with dispatch.override_choice(choice) if choice else contextlib.nullcontext():
             ours = jax.jit(lambda q, k, p, kw=kwargs: qkr.fused(q, k, p, w, w, **kw))(q, k, positions)
         expected = jax.jit(lambda q, k, p, kw=kwargs: ref.fused(q, k, p, w, w, **kw))(q, k, positions)
         for a, e in zip(ours, expected, strict=True):

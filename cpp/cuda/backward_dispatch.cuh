@@ -26,13 +26,14 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   const int64_t blocks = out.num_examples * out.blocks_per_example;
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
-  const size_t smem = 2 * launch.warps_per_block * p.head_dim * sizeof(float);
+  const size_t tuned_smem = 2 * launch.warps_per_block * p.head_dim * sizeof(float);
   cudaError_t err =
       use_tuned<T>(p)
-          ? launch_kernel(pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp), grid, block, smem, stream,
+          ? launch_kernel(pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp), grid, block, tuned_smem, stream,
                           launch.pdl, args, out)
-          : launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, smem, stream, launch.pdl, args, out,
-                          static_cast<int>(launch.pairs_per_warp));
+          : launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, true),
+                          stream, launch.pdl, args, out, static_cast<int>(launch.pairs_per_warp),
+                          generic_lanes_per_head<T>(p, launch.pairs_per_warp));
   if (err != cudaSuccess || (out.dweight[0] == nullptr && out.dweight[1] == nullptr)) return err;
   const int threads = 256;
   const int64_t reduce_blocks = (out.num_examples * 2 * p.head_dim + threads - 1) / threads;

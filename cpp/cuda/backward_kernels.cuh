@@ -156,29 +156,31 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 
 template <typename T, int C, Style S>
 __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const KernelArgs a, const BackwardOutputs o,
-                                                                        int pairs_per_warp) {
+                                                                        int pairs_per_warp, int lanes_per_head) {
   constexpr int K = kMaxHeadDim / (kWarp * C);
-  extern __shared__ float smem[];  // neox staging rows [warps][D] while looping, then [warps][2][D]
+  // While looping: neox staging rows [warps][G][D]; after: the [warps][2][D] reduction rows.
+  extern __shared__ float smem[];
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
-  const int lane = threadIdx.x % kWarp;
+  const GenericLayout lay(lanes_per_head, p.head_dim, C);
   const int dim = p.head_dim;
-  const int chunks = dim / C;
   const int heads = p.total_heads();
   const ExampleSpan span(p, o);
   const int64_t tasks = (span.end - span.begin + pairs_per_warp - 1) / pairs_per_warp;
-  float* row = warp_row(smem, dim);
+  float* row = head_row(smem, lay, dim);
 
   float acc_q[K][C] = {}, acc_k[K][C] = {};
   float cs[K][C], sn[K][C];
   int64_t angles_token = -1;
   for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
     const int64_t first = span.begin + task * pairs_per_warp;
-    PairCursor cur(first, heads);
-    for (int it = 0; it < pairs_per_warp && first + it < span.end; ++it, cur.advance(1, heads)) {
+    const int64_t end = first + pairs_per_warp < span.end ? first + pairs_per_warp : span.end;
+    PairCursor cur(first + lay.grp, heads);
+    for (int64_t base = first; base < end; base += lay.G, cur.advance(lay.G, heads)) {  // warp-uniform
+      const bool valid = base + lay.grp < end;
       int local = 0;
-      const int g = split_head(p, cur.head, &local);
-      const int64_t offset = head_offset(p, g, cur.token, local);
+      const int g = valid ? split_head(p, cur.head, &local) : 0;
+      const int64_t offset = valid ? head_offset(p, g, cur.token, local) : 0;
       const T* xs = static_cast<const T*>(p.group[g].in) + offset;
       const T* gs = static_cast<const T*>(p.group[g].grad) + offset;
       float x[K][C], gr[K][C];
@@ -186,9 +188,9 @@ __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const Ker
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         Chunk<T, C> xc, gc;
-        if (lane + kWarp * k < chunks) {
-          xc.load(xs + (lane + kWarp * k) * C);
-          gc.load(gs + (lane + kWarp * k) * C);
+        if (valid && lay.has(k)) {
+          xc.load(xs + lay.chunk(k) * C);
+          gc.load(gs + lay.chunk(k) * C);
         } else {
           xc.zero();
           gc.zero();
@@ -200,58 +202,72 @@ __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const Ker
           sumsq += x[k][j] * x[k][j];
         }
       }
-      if (cur.token != angles_token) {
-        load_generic_angles<K, C>(a, cur.token, lane, cs, sn);
+      if (valid && cur.token != angles_token) {
+        load_generic_angles<K, C>(a, load_position(p, cur.token), lay, cs, sn);
         angles_token = cur.token;
       }
-      rotate_generic<K, C, S>(p, row, lane, gr, cs, sn, -1.0f);
-      const float r = rsqrtf(group_sum<kWarp>(sumsq) / static_cast<float>(dim) + p.eps);
+      rotate_generic<K, C, S>(p, row, lay, gr, cs, sn, -1.0f);
+      const float r = rsqrtf(group_sum_runtime(sumsq, lay.L) / static_cast<float>(dim) + p.eps);
       float dot = 0.0f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         float w[C];
-        if (lane + kWarp * k < chunks) {
-          load_scale<C>(p, g, (lane + kWarp * k) * C, a.weight_vec, w);
+        if (valid && lay.has(k)) {
+          load_scale<C>(p, g, lay.chunk(k) * C, a.weight_vec, w);
         } else {
 #pragma unroll
           for (int j = 0; j < C; ++j) w[j] = 0.0f;
         }
 #pragma unroll
         for (int j = 0; j < C; ++j) {
-          x[k][j] *= r;           // xhat
+          x[k][j] *= r;  // xhat
           const float u = gr[k][j] * w[j];
           dot += u * x[k][j];
-          if (g == 0) {
+          if (valid && g == 0) {
             acc_q[k][j] += gr[k][j] * x[k][j];
-          } else {
+          } else if (valid) {
             acc_k[k][j] += gr[k][j] * x[k][j];
           }
-          gr[k][j] = u;           // u from here on
+          gr[k][j] = u;  // u from here on
         }
       }
-      const float mean_dot = group_sum<kWarp>(dot) / static_cast<float>(dim);
+      const float mean_dot = group_sum_runtime(dot, lay.L) / static_cast<float>(dim);
+      if (!valid) continue;
       T* dst = static_cast<T*>(p.group[g].out) + offset;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        if (lane + kWarp * k >= chunks) continue;
+        if (!lay.has(k)) continue;
         Chunk<T, C> out;
 #pragma unroll
         for (int j = 0; j < C; ++j) out.set(j, r * (gr[k][j] - x[k][j] * mean_dot));
-        out.store(dst + (lane + kWarp * k) * C);
+        out.store(dst + lay.chunk(k) * C);
       }
     }
   }
 
   if (!wants_dweight(p)) return;  // uniform over the grid
-  __syncthreads();                // staging rows are reused for the reduction
-  float* mine = smem + (threadIdx.x / kWarp) * 2 * dim;
+  // Lanes at the same position of the G groups hold the same elements: fold them.
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    if (lane + kWarp * k >= chunks) continue;
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      mine[(lane + kWarp * k) * C + j] = acc_q[k][j];
-      mine[dim + (lane + kWarp * k) * C + j] = acc_k[k][j];
+      for (int offset = lay.L; offset < kWarp; offset <<= 1) {
+        acc_q[k][j] += __shfl_xor_sync(0xffffffffu, acc_q[k][j], offset);
+        acc_k[k][j] += __shfl_xor_sync(0xffffffffu, acc_k[k][j], offset);
+      }
+    }
+  }
+  __syncthreads();  // staging rows are reused for the reduction
+  if (lay.grp == 0) {
+    float* mine = smem + (threadIdx.x / kWarp) * 2 * dim;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (!lay.has(k)) continue;
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        mine[lay.chunk(k) * C + j] = acc_q[k][j];
+        mine[dim + lay.chunk(k) * C + j] = acc_k[k][j];
+      }
     }
   }
   write_block_partials(smem, dim, o);

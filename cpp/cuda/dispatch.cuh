@@ -72,6 +72,29 @@ auto pick_tuned(const Problem& p, int n) {
                                  : tuned_for_dim<Family, T, Style::kGptj>(p.head_dim, n);
 }
 
+// Lanes per head of the generic kernels: enough for every chunk within the K slots of a lane, and at
+// least 32 / pairs_per_warp so a warp never runs more heads at once than it owns.
+template <typename T>
+int generic_lanes_per_head(const Problem& p, int pairs_per_warp) {
+  const int c = generic_chunk<T>(p);
+  const int slots = kMaxHeadDim / (kWarp * c);
+  const int chunks = p.head_dim / c;
+  const int need = (chunks + slots - 1) / slots;
+  int lanes = 1;
+  while (lanes < need || lanes < kWarp / pairs_per_warp) lanes *= 2;
+  return lanes < kWarp ? lanes : kWarp;
+}
+
+// Shared memory of the generic kernels: neox staging rows, one per head a warp runs at once, and for
+// the backward the [warps][2][D] weight-gradient rows.
+template <typename T>
+size_t generic_smem_bytes(const Problem& p, const Launch& launch, bool backward) {
+  const int lanes = generic_lanes_per_head<T>(p, launch.pairs_per_warp);
+  const size_t rows_per_warp = p.style == Style::kNeox ? kWarp / lanes : 0;
+  const size_t per_warp = rows_per_warp > 2 || !backward ? rows_per_warp : 2;
+  return launch.warps_per_block * per_warp * p.head_dim * sizeof(float);
+}
+
 template <template <typename, int, Style> class Family, typename T>
 auto pick_generic(const Problem& p) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));

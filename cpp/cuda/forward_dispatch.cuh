@@ -72,9 +72,9 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
     return launch_kernel(pick_tuned<ForwardTuned, T>(p, launch.pairs_per_warp), grid, block, 0, stream, launch.pdl,
                          args);
   }
-  const size_t smem = p.style == Style::kNeox ? launch.warps_per_block * p.head_dim * sizeof(float) : 0;
-  return launch_kernel(pick_generic<ForwardGeneric, T>(p), grid, block, smem, stream, launch.pdl, args,
-                       static_cast<int>(launch.pairs_per_warp));
+  return launch_kernel(pick_generic<ForwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, false), stream,
+                       launch.pdl, args, static_cast<int>(launch.pairs_per_warp),
+                       generic_lanes_per_head<T>(p, launch.pairs_per_warp));
 }
 
 }  // namespace qkrope::cuda

@@ -143,27 +143,54 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   }
 }
 
-// Shared-memory row of the calling warp in the generic kernels (head_dim floats per warp).
-__device__ __forceinline__ float* warp_row(float* smem, int head_dim) {
-  return smem + (threadIdx.x / kWarp) * head_dim;
+// ---------------------------------------------------------------------------------------------------
+// Generic kernels: head_dim known only at run time (any even value up to 512), any rotary_dim.
+//
+// A head is handled by a group of L lanes (a power of two chosen by the launcher); lane gl of a group
+// holds chunks gl + L * k (k < K) of C elements, predicated on the head's chunk count. A warp runs
+// G = 32 / L heads side by side and loops over its pairs in steps of G. neox partners are exchanged
+// through a shared-memory row per head.
+
+struct GenericLayout {
+  int L, G, chunks;
+  int grp, gl;
+  __device__ __forceinline__ GenericLayout(int lanes_per_head, int head_dim, int c) {
+    L = lanes_per_head;
+    G = kWarp / L;
+    chunks = head_dim / c;
+    const int lane = threadIdx.x % kWarp;
+    grp = lane / L;
+    gl = lane % L;
+  }
+  __device__ __forceinline__ int chunk(int k) const { return gl + L * k; }
+  __device__ __forceinline__ bool has(int k) const { return chunk(k) < chunks; }
+};
+
+// Sum over an aligned group of L lanes (L a run-time power of two). Every lane of the warp calls it.
+__device__ __forceinline__ float group_sum_runtime(float v, int lanes) {
+  for (int offset = lanes / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
 }
 
-// cos/sin for each element a lane holds in the generic layout (identity past rotary_dim).
+// Shared-memory row of one head of the calling warp: G rows of head_dim floats per warp.
+__device__ __forceinline__ float* head_row(float* smem, const GenericLayout& lay, int head_dim) {
+  return smem + ((threadIdx.x / kWarp) * lay.G + lay.grp) * head_dim;
+}
+
+// cos/sin for each element a lane holds (identity past rotary_dim).
 template <int K, int C>
-__device__ __forceinline__ void load_generic_angles(const KernelArgs& a, int64_t token, int lane, float (&c)[K][C],
-                                                    float (&s)[K][C]) {
+__device__ __forceinline__ void load_generic_angles(const KernelArgs& a, int64_t position, const GenericLayout& lay,
+                                                    float (&c)[K][C], float (&s)[K][C]) {
   const Problem& p = a.p;
   const int half = p.rotary_dim / 2;
-  const int64_t position = load_position(p, token);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      const int e = (lane + kWarp * k) * C + j;
-      int pair = -1;
-      if (e < p.rotary_dim) pair = p.style == Style::kNeox ? (e < half ? e : e - half) : e / 2;
+      const int e = lay.chunk(k) * C + j;
       float cj = 1.0f, sj = 0.0f;
-      if (pair >= 0) {
+      if (lay.has(k) && e < p.rotary_dim) {
+        const int pair = p.style == Style::kNeox ? (e < half ? e : e - half) : e / 2;
         float one_c[1], one_s[1];
         load_angles<1>(a, position, pair, one_c, one_s);
         cj = one_c[0];
@@ -175,28 +202,28 @@ __device__ __forceinline__ void load_generic_angles(const KernelArgs& a, int64_t
   }
 }
 
-// Rotates the generic layout's values by +angle (sign 1) or -angle (sign -1). neox partners are read
-// from the warp's shared-memory row, so all lanes of the warp must call it.
+// Rotates a lane's values by +angle (sign 1) or -angle (sign -1). neox partners go through the head's
+// shared-memory row, so every lane of the warp must call it.
 template <int K, int C, Style S>
-__device__ __forceinline__ void rotate_generic(const Problem& p, float* row, int lane, float (&v)[K][C],
-                                               const float (&c)[K][C], const float (&s)[K][C], float sign) {
-  const int chunks = p.head_dim / C;
+__device__ __forceinline__ void rotate_generic(const Problem& p, float* row, const GenericLayout& lay,
+                                               float (&v)[K][C], const float (&c)[K][C], const float (&s)[K][C],
+                                               float sign) {
   if constexpr (S == Style::kNeox) {
     const int half = p.rotary_dim / 2;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (lane + kWarp * k < chunks) {
+      if (lay.has(k)) {
 #pragma unroll
-        for (int j = 0; j < C; ++j) row[(lane + kWarp * k) * C + j] = v[k][j];
+        for (int j = 0; j < C; ++j) row[lay.chunk(k) * C + j] = v[k][j];
       }
     }
     __syncwarp();
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (lane + kWarp * k >= chunks) continue;
+      if (!lay.has(k)) continue;
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        const int e = (lane + kWarp * k) * C + j;
+        const int e = lay.chunk(k) * C + j;
         if (e >= p.rotary_dim) continue;
         const float sn = sign * s[k][j];
         v[k][j] = e < half ? v[k][j] * c[k][j] - row[e + half] * sn : v[k][j] * c[k][j] + row[e - half] * sn;
@@ -217,45 +244,41 @@ __device__ __forceinline__ void rotate_generic(const Problem& p, float* row, int
 }
 
 template <typename T, int C, Style S>
-__global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const KernelArgs a, int pairs_per_warp) {
-  constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane
+__global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const KernelArgs a, int pairs_per_warp,
+                                                                       int lanes_per_head) {
+  constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane (enough for L = 32)
   extern __shared__ float smem[];
-  wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
-  const int lane = threadIdx.x % kWarp;
-  const int chunks = p.head_dim / C;
+  const GenericLayout lay(lanes_per_head, p.head_dim, C);
   const int heads = p.total_heads();
   const int64_t total = p.total_pairs();
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp * pairs_per_warp;
-  float* row = warp_row(smem, p.head_dim);
+  const int64_t end = first + pairs_per_warp < total ? first + pairs_per_warp : total;
+  float* row = head_row(smem, lay, p.head_dim);
+  wait_for_previous_kernel(a.pdl);
+  if (first >= end) return;  // warp-uniform
 
   float cs[K][C], sn[K][C];
   int64_t angles_token = -1;
-  PairCursor cur(first, heads);
-  for (int it = 0; it < pairs_per_warp && first + it < total; ++it, cur.advance(1, heads)) {  // warp-uniform
+  PairCursor cur(first + lay.grp, heads);
+  for (int64_t base = first; base < end; base += lay.G, cur.advance(lay.G, heads)) {  // warp-uniform
+    const bool valid = base + lay.grp < end;
     int local = 0;
-    const int g = split_head(p, cur.head, &local);
-    const int64_t offset = head_offset(p, g, cur.token, local);
+    const int g = valid ? split_head(p, cur.head, &local) : 0;
+    const int64_t offset = valid ? head_offset(p, g, cur.token, local) : 0;
     const T* src = static_cast<const T*>(p.group[g].in) + offset;
     T* dst = static_cast<T*>(p.group[g].out) + offset;
     Chunk<T, C> raw[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (lane + kWarp * k < chunks) {
-        raw[k].load(src + (lane + kWarp * k) * C);
+      if (valid && lay.has(k)) {
+        raw[k].load(src + lay.chunk(k) * C);
       } else {
         raw[k].zero();
       }
     }
-    if (g == 2) {
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        if (lane + kWarp * k < chunks) raw[k].store(dst + (lane + kWarp * k) * C);
-      }
-      continue;
-    }
-    if (cur.token != angles_token) {
-      load_generic_angles<K, C>(a, cur.token, lane, cs, sn);
+    if (valid && g < 2 && cur.token != angles_token) {
+      load_generic_angles<K, C>(a, load_position(p, cur.token), lay, cs, sn);
       angles_token = cur.token;
     }
     float v[K][C];
@@ -268,12 +291,12 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
         sumsq += v[k][j] * v[k][j];
       }
     }
-    const float r = rsqrtf(group_sum<kWarp>(sumsq) / static_cast<float>(p.head_dim) + p.eps);
+    const float r = rsqrtf(group_sum_runtime(sumsq, lay.L) / static_cast<float>(p.head_dim) + p.eps);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       float w[C];
-      if (lane + kWarp * k < chunks) {
-        load_scale<C>(p, g, (lane + kWarp * k) * C, a.weight_vec, w);
+      if (valid && g < 2 && lay.has(k)) {
+        load_scale<C>(p, g, lay.chunk(k) * C, a.weight_vec, w);
       } else {
 #pragma unroll
         for (int j = 0; j < C; ++j) w[j] = 0.0f;
@@ -281,14 +304,19 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
 #pragma unroll
       for (int j = 0; j < C; ++j) v[k][j] = v[k][j] * r * w[j];
     }
-    rotate_generic<K, C, S>(p, row, lane, v, cs, sn, 1.0f);
+    rotate_generic<K, C, S>(p, row, lay, v, cs, sn, 1.0f);
+    if (!valid) continue;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (lane + kWarp * k >= chunks) continue;
+      if (!lay.has(k)) continue;
+      if (g == 2) {  // V of an unaliased packed qkv: copy
+        raw[k].store(dst + lay.chunk(k) * C);
+        continue;
+      }
       Chunk<T, C> out;
 #pragma unroll
       for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
-      out.store(dst + (lane + kWarp * k) * C);
+      out.store(dst + lay.chunk(k) * C);
     }
   }
 }

@@ -27,6 +27,20 @@ struct StreamStage {
   bool valid;
 };
 
+// A (token, head) cursor that advances by a fixed number of pairs without dividing.
+struct StridedCursor {
+  int64_t token;
+  int head;
+  __device__ __forceinline__ void advance(int64_t tokens, int heads_step, int heads) {
+    token += tokens;
+    head += heads_step;
+    if (head >= heads) {
+      head -= heads;
+      ++token;
+    }
+  }
+};
+
 template <typename T, int D, Style S>
 struct StreamWarp {
   using Lay = typename StreamLayout<T, D, S>::Lay;
@@ -34,26 +48,24 @@ struct StreamWarp {
   static constexpr int G = Lay::G;
 
   const KernelArgs& a;
-  int grp, gl, heads;
-  int64_t total;
+  int gl, heads;
+  int64_t stride_tokens;  // a grid stride of steps, in whole tokens ...
+  int stride_heads;       // ... and remaining heads
 
-  __device__ __forceinline__ int64_t pair_of(int64_t step) const { return step * G + grp; }
+  __device__ __forceinline__ void advance(StridedCursor& c) const { c.advance(stride_tokens, stride_heads, heads); }
 
-  // Position of this lane's pair at `step` (0 past the end): loaded two steps ahead.
-  __device__ __forceinline__ int64_t position(int64_t step) const {
-    const int64_t pair = pair_of(step);
-    return pair < total ? load_position(a.p, pair / heads) : 0;
+  // Position of a cursor's token (0 past the end): loaded two steps ahead of its use.
+  __device__ __forceinline__ int64_t position(const StridedCursor& c) const {
+    return c.token < a.p.num_tokens ? load_position(a.p, c.token) : 0;
   }
 
-  // Issues the loads of `step` into st; `position` was loaded a step earlier.
-  __device__ __forceinline__ void fetch(Stage& st, int64_t step, int64_t position) const {
+  // Issues the loads of the cursor's pair into st; `position` was loaded a step earlier.
+  __device__ __forceinline__ void fetch(Stage& st, const StridedCursor& c, int64_t position) const {
     const Problem& p = a.p;
-    const int64_t pair = pair_of(step);
-    st.valid = pair < total;
-    const int64_t token = st.valid ? pair / heads : 0;
+    st.valid = c.token < p.num_tokens;
     int local = 0;
-    st.group = split_head(p, st.valid ? static_cast<int>(pair - token * heads) : 0, &local);
-    st.offset = head_offset(p, st.group, token, local);
+    st.group = split_head(p, c.head, &local);
+    st.offset = st.valid ? head_offset(p, st.group, c.token, local) : 0;
     const T* src = static_cast<const T*>(p.group[st.group].in) + st.offset;
 #pragma unroll
     for (int s = 0; s < Lay::SL; ++s) {
@@ -69,7 +81,7 @@ struct StreamWarp {
     }
   }
 
-  // Normalises, rotates and stores a fetched step. Every lane of the warp calls it.
+  // Normalises, rotates and stores a fetched pair. Every lane of the warp calls it.
   __device__ __forceinline__ void finish(Stage& st) const {
     const Problem& p = a.p;
     float v[Lay::SL][Lay::C];
@@ -113,34 +125,49 @@ template <typename T, int D, Style S>
 __global__ void __launch_bounds__(kMaxThreads) forward_stream_kernel(const KernelArgs a) {
   using Warp = StreamWarp<T, D, S>;
   using Stage = typename Warp::Stage;
-  const int lane = threadIdx.x % kWarp;
-  const Warp w{a, lane / Warp::Lay::L, lane % Warp::Lay::L, a.p.total_heads(), a.p.total_pairs()};
-  const int64_t steps = (w.total + Warp::G - 1) / Warp::G;
+  constexpr int G = Warp::G;
+  const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp, grp = lane / Warp::Lay::L;
+  const int heads = p.total_heads();
+  const int64_t total = p.total_pairs();
+  const int64_t steps = (total + G - 1) / G;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
   int64_t step = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   if (step >= steps) return;  // warp-uniform; no block-wide barrier follows
+  const int64_t stride_pairs = stride * G;
+  const Warp w{a, lane % Warp::Lay::L, heads, stride_pairs / heads, static_cast<int>(stride_pairs % heads)};
 
+  // Cursors at this step (fetched first) and two strides ahead (positions only).
+  const int64_t pair = step * G + grp;
+  StridedCursor at{pair / heads, static_cast<int>(pair % heads)};
+  StridedCursor ahead = at;
+  w.advance(ahead);
   // Positions are never written by these kernels, so they may be read before the previous one ends.
-  const int64_t first_position = w.position(step);
-  int64_t next_position = w.position(step + stride);
+  const int64_t first_position = w.position(at);
+  int64_t next_position = w.position(ahead);
   wait_for_previous_kernel(a.pdl);
 
   // Ping-pong between two stages: while one is computed and stored, the other's loads are in flight.
   Stage even, odd;
-  w.fetch(even, step, first_position);
+  w.fetch(even, at, first_position);
+  w.advance(ahead);  // now two strides ahead of `at`
   for (;;) {
+    w.advance(at);
     bool more = step + stride < steps;
     if (more) {
-      w.fetch(odd, step + stride, next_position);
-      next_position = w.position(step + 2 * stride);
+      w.fetch(odd, at, next_position);
+      next_position = w.position(ahead);
+      w.advance(ahead);
     }
     w.finish(even);
     if (!more) break;
     step += stride;
+    w.advance(at);
     more = step + stride < steps;
     if (more) {
-      w.fetch(even, step + stride, next_position);
-      next_position = w.position(step + 2 * stride);
+      w.fetch(even, at, next_position);
+      next_position = w.position(ahead);
+      w.advance(ahead);
     }
     w.finish(odd);
     if (!more) break;
