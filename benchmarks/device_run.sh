@@ -33,7 +33,7 @@ tests_kernels() {  # the GPU kernel tests and the forward matrix only
 
 sanitize() {
   for tool in memcheck racecheck synccheck; do
-    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool "$tool" --kernel-name regex:qkrope \
+    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool "$tool" --kernel-name regex:_kernel \
       --print-limit 20 python3 benchmarks/sanitize_matrix.py > "$OUT/sanitizer_$tool.log" 2>&1
     echo "$tool exit $?"; tail -4 "$OUT/sanitizer_$tool.log"
   done
@@ -49,9 +49,9 @@ quickbench() {
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
 ncu_check() {
-  ncu --kernel-name regex:qkrope --clock-control none --metrics gpu__time_duration.sum --csv \
+  ncu --kernel-name regex:_kernel --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_kernels.csv" 2> "$OUT/ncu_kernels.err"
-  echo "ncu exit $?"; grep -E "qkrope" "$OUT/ncu_kernels.csv" | awk -F'","' '{print $5, $(NF)}' | sed 's/"//g' | cut -c1-160
+  echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_kernels.csv"
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 

@@ -39,7 +39,7 @@ def _seconds(fn: Callable, args: Sequence) -> float:
 def per_call_us(step: Step, state: Sequence, repeats: int = 15, target_ms: float = 6.0) -> float:
     """Median device microseconds of one `step`, from chains of two lengths (see module docstring).
 
-    The long chain adds enough calls to run about `target_ms` (512 for launch-bound tiny calls); short
+    The long chain adds enough calls to run about `target_ms` (384 for launch-bound tiny calls); short
     and long runs alternate so that slow drifts (clocks, temperature) cancel in each difference.
     """
     short = 2
@@ -47,7 +47,7 @@ def per_call_us(step: Step, state: Sequence, repeats: int = 15, target_ms: float
     for _ in range(3):  # compile, warm up, probe
         probe = _seconds(short_fn, state)
     estimate_us = probe / short * 1e6  # an over-estimate: includes the dispatch overhead
-    extra = 512 if estimate_us < 20 else int(min(512, max(4, math.ceil(target_ms * 1e3 / estimate_us))))
+    extra = 384 if estimate_us < 20 else int(min(384, max(4, math.ceil(target_ms * 1e3 / estimate_us))))
     long_fn = chain(step, short + extra)
     jax.block_until_ready(long_fn(*state))
     jax.block_until_ready(long_fn(*state))
