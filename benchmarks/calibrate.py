@@ -26,7 +26,7 @@ from jax_qkrope.bench import Case, make_inputs, time_forward
 
 HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256), "generic": (32, 8, 80)}
 TOKENS = (1, 16, 128, 1024, 4096, 16384, 65536)
-CHOICES = (1, 2, 4, 8, dispatch.STREAM)
+CHOICES = dispatch.AUTO_CHOICES
 TIE = 0.01  # within 1% of the fastest counts as a tie, won by the earlier choice (more parallelism)
 
 
@@ -42,7 +42,7 @@ def thresholds_from(points: list[tuple[int, int]]) -> list[list]:
     return out
 
 
-def pick(times: dict) -> int | str:
+def pick(times: dict) -> int:
     best = min(times.values())
     return next(choice for choice in CHOICES if times[choice] <= best * (1 + TIE))
 

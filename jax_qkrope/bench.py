@@ -114,11 +114,11 @@ def time_forward_backward(case: Case, inputs: dict, fn) -> float:
     return per_call_us(step, state)
 
 
-def chosen_kernel(case: Case) -> int | str:
-    """The auto dispatch's choice for this case: pairs per warp, or "stream"."""
+def chosen_pairs_per_warp(case: Case) -> int:
+    """The auto dispatch's pairs per warp for this case."""
     hq, hk, d = case.heads
     facts = dispatch.device_facts("cuda" if jax.default_backend() == "gpu" else "cpu")
-    return dispatch.forward_launch(case.tokens * (hq + hk), d, None, facts).choice
+    return dispatch.forward_launch(case.tokens * (hq + hk), d, None, facts).pairs_per_warp
 
 
 def forward_record(case: Case, copy_gbps: float) -> dict:
@@ -128,7 +128,7 @@ def forward_record(case: Case, copy_gbps: float) -> dict:
     bound = case.forward_bytes() / (copy_gbps * 1e3)
     return dict(heads=list(case.heads), T=case.tokens, style=case.style, dtype=case.dtype, ours_us=ours,
                 xla_us=xla, bound_us=bound, copy_gbps=copy_gbps, bytes=case.forward_bytes(),
-                kernel=chosen_kernel(case), speedup_vs_xla=xla / max(ours, 1e-9),
+                pairs_per_warp=chosen_pairs_per_warp(case), speedup_vs_xla=xla / max(ours, 1e-9),
                 ours_over_bound=ours / bound, bandwidth_fraction=bound / max(ours, 1e-9))
 
 
@@ -160,12 +160,12 @@ def device_description() -> str:
 
 
 def forward_table(records: list[dict]) -> str:
-    lines = ["| heads (Hq, Hk, D) | T | style | ours µs | XLA µs | bound µs | ours/bound | % of copy BW | vs XLA | kernel |",
+    lines = ["| heads (Hq, Hk, D) | T | style | ours µs | XLA µs | bound µs | ours/bound | % of copy BW | vs XLA | N |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {tuple(r['heads'])} | {r['T']} | {r['style']} | {r['ours_us']:.2f} | {r['xla_us']:.2f} | "
                      f"{r['bound_us']:.2f} | {r['ours_over_bound']:.2f} | {100 * r['bandwidth_fraction']:.0f}% | "
-                     f"{r['speedup_vs_xla']:.2f}x | {r['kernel']} |")
+                     f"{r['speedup_vs_xla']:.2f}x | {r['pairs_per_warp']} |")
     return "\n".join(lines)
 
 

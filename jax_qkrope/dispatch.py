@@ -40,7 +40,9 @@ class DeviceFacts:
 UNKNOWN_GPU = DeviceFacts(None, 132, "unknown GPU")
 
 
-STREAM = "stream"  # the persistent, software-pipelined forward kernel (auto dispatch only)
+# token_heads_per_warp a user may force; auto dispatch may also pick 16 (more bytes in flight per lane).
+USER_CHOICES = (1, 2, 4, 8)
+AUTO_CHOICES = (1, 2, 4, 8, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +50,15 @@ class Launch:
     pairs_per_warp: int
     warps_per_block: int
     pdl: bool = False
-    persistent_sms: int = 0  # > 0: the streaming kernel, its grid sized for this many SMs
-
-    @property
-    def choice(self) -> int | str:
-        """The kernel choice: pairs per warp of the classic kernels, or "stream"."""
-        return STREAM if self.persistent_sms else self.pairs_per_warp
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
-                    pdl=bool(self.pdl), persistent_sms=int(self.persistent_sms))
+                    pdl=bool(self.pdl))
 
 
 _assumed_facts: list[DeviceFacts] = []
 _pdl_override: list[bool] = []
-_choice_override: list[int | str] = []
+_choice_override: list[int] = []
 
 
 @contextlib.contextmanager
@@ -86,8 +82,8 @@ def override_pdl(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def override_choice(choice: int | str) -> Iterator[None]:
-    """Force the forward kernel choice (1, 2, 4, 8 or "stream") of calls lowered inside (calibration)."""
+def override_choice(choice: int) -> Iterator[None]:
+    """Force the forward pairs per warp (any of AUTO_CHOICES) of calls lowered inside (calibration)."""
     _choice_override.append(choice)
     try:
         yield
@@ -129,12 +125,12 @@ def head_dim_class(head_dim: int) -> str:
     return str(head_dim) if head_dim in TUNED_HEAD_DIMS else "generic"
 
 
-def pick_from_thresholds(thresholds, pairs: int) -> int | str:
-    """The choice of the first (max_pairs, choice) entry with pairs <= max_pairs (None: no bound)."""
-    for bound, choice in thresholds:
+def pick_from_thresholds(thresholds, pairs: int) -> int:
+    """The N of the first (max_pairs, N) entry with pairs <= max_pairs (None: no bound)."""
+    for bound, n in thresholds:
         if bound is None or pairs <= bound:
-            return choice
-    return thresholds[-1][1]
+            return int(n)
+    return int(thresholds[-1][1])
 
 
 def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts) -> Launch:
@@ -154,8 +150,6 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     pdl = _pdl_override[-1] if _pdl_override else num_pairs <= pdl_max_pairs
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
-    if choice == STREAM:
-        return Launch(4, FORWARD_WARPS_PER_BLOCK, pdl=pdl, persistent_sms=facts.num_sms)
     return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl)
 
 

@@ -58,11 +58,11 @@ def test_forced_pairs_per_warp_forward_and_backward(dtype, head_dim):
             assert_close(a, e, jnp.float32, f"{name} {variant}", scale=scale)
 
 
-@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("head_dim", (64, 80, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_stream_kernel(dtype, head_dim):
-    """The persistent streaming forward kernel (an auto-dispatch choice), every style, odd sizes, GQA,
-    partial rotary (gptj stays on it; neox falls back), caches of every dtype, and packed V copies."""
+def test_sixteen_pairs_per_warp(dtype, head_dim):
+    """16 pairs per warp (an auto-dispatch choice), every style, odd sizes, GQA, partial rotary (gptj stays
+    on the tuned kernel; neox falls back), caches of every dtype, and packed V copies."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 1), 5)
     variants = [(t, s, r, c) for t in (1, 3, 1001) for s in ("neox", "gptj") for r in (head_dim, head_dim // 2)
                 for c in (None, jnp.float32, jnp.bfloat16)]
@@ -72,7 +72,7 @@ def test_stream_kernel(dtype, head_dim):
         return (random_heads(keys[0], (t,), 7, head_dim, dtype), random_heads(keys[1], (t,), 3, head_dim, dtype),
                 random_positions(keys[3], (t,), 5000))
 
-    with dispatch.override_choice("stream"):
+    with dispatch.override_choice(16):
         for tokens, style, rotary, cache_dtype in variants:
             q, k, positions = make(tokens)
             cache = None if cache_dtype is None else qkr.rope_cos_sin_cache(5000, rotary, dtype=cache_dtype)
@@ -81,15 +81,15 @@ def test_stream_kernel(dtype, head_dim):
                 q, k, positions, cache)
             expected = ref.fused(q, k, positions, w, w, **kw)
             for a, e in zip(ours, expected, strict=True):
-                assert_close(a, e, dtype, f"stream {tokens} {style} {rotary} {cache_dtype}")
+                assert_close(a, e, dtype, f"16 pairs {tokens} {style} {rotary} {cache_dtype}")
         qkv = random_heads(keys[4], (999,), 6 + 2 * 2, head_dim, dtype).reshape(999, -1)
         positions = random_positions(keys[3], (999,), 5000)
         ours = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 6, 2, w, w))(qkv, positions)
         assert jnp.array_equal(ours[:, 8 * head_dim :], qkv[:, 8 * head_dim :])
-        assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "stream packed")
+        assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "16 pairs packed")
 
 
-@pytest.mark.parametrize("choice", [None, "stream"])
+@pytest.mark.parametrize("choice", [None, 16])
 @pytest.mark.parametrize("tokens", [0, 1, 3, 17, 1000, 65537])
 @pytest.mark.parametrize(("hq", "hk", "head_dim"), [(32, 8, 128), (16, 2, 256), (12, 4, 80)])
 def test_token_counts(tokens, hq, hk, head_dim, choice):

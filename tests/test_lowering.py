@@ -40,7 +40,6 @@ def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
         text = cuda_text(lambda q, k, p: qkr.fused(q, k, p), q, k, p)
     expected = dispatch.forward_launch(tokens * (hq + hk), d, None, facts)
     assert attribute(text, "qkrope_fwd", "pairs_per_warp") == f"{expected.pairs_per_warp} : i64"
-    assert attribute(text, "qkrope_fwd", "persistent_sms") == f"{expected.persistent_sms} : i64"
     assert attribute(text, "qkrope_fwd", "warps_per_block") == f"{expected.warps_per_block} : i64"
     assert attribute(text, "qkrope_fwd", "rotary_dim") == f"{d} : i64"
     if facts is dispatch.UNKNOWN_GPU:  # the conservative default table
@@ -61,17 +60,16 @@ def test_forced_pairs_per_warp_is_honoured(forced):
 
 
 @needs_cuda_build
-def test_stream_choice_lowers_to_a_persistent_grid():
+def test_auto_choice_of_16_pairs_and_forced_n_wins():
     q = jax.ShapeDtypeStruct((65536, 32, 128), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((65536, 8, 128), jnp.bfloat16)
     p = jax.ShapeDtypeStruct((65536,), jnp.int32)
-    with dispatch.assume_device(H100), dispatch.override_choice(dispatch.STREAM):
+    with dispatch.assume_device(H100), dispatch.override_choice(16):
         text = cuda_text(lambda q, k, p: qkr.fused(q, k, p), q, k, p)
-    assert attribute(text, "qkrope_fwd", "persistent_sms") == "132 : i64"
-    with dispatch.assume_device(H100), dispatch.override_choice(dispatch.STREAM):
+    assert attribute(text, "qkrope_fwd", "pairs_per_warp") == "16 : i64"
+    with dispatch.assume_device(H100), dispatch.override_choice(16):
         text = cuda_text(lambda q, k, p: qkr.fused(q, k, p, token_heads_per_warp=2), q, k, p)
-    assert attribute(text, "qkrope_fwd", "persistent_sms") == "0 : i64"  # a forced N wins
-    assert attribute(text, "qkrope_fwd", "pairs_per_warp") == "2 : i64"
+    assert attribute(text, "qkrope_fwd", "pairs_per_warp") == "2 : i64"  # a forced N wins
 
 
 @needs_cuda_build

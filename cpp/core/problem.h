@@ -66,10 +66,9 @@ struct Problem {
 // How the CUDA kernels split the work; decided host-side at trace time and passed as attributes.
 // The CPU target receives the same attributes and ignores them.
 struct Launch {
-  int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4 or 8
+  int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4, 8 (16: auto dispatch only)
   int32_t warps_per_block = 4;  // 1..8
   bool pdl = false;             // programmatic dependent launch (overlap with the previous kernel)
-  int32_t persistent_sms = 0;   // > 0: the persistent streaming forward kernel, sized for this many SMs
 };
 
 // Backward extras: float32 weight gradients, reduced deterministically from per-block partials.

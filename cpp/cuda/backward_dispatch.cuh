@@ -9,7 +9,8 @@ namespace qkrope::cuda {
 
 template <typename T, int D, int N, Style S>
 struct BackwardTuned {
-  static constexpr auto kernel = backward_tuned_kernel<T, D, N, S>;
+  static constexpr int kPairs = N == 16 ? 8 : N;  // the backward has no 16-pair variant
+  static constexpr auto kernel = backward_tuned_kernel<T, D, kPairs, S>;
 };
 
 template <typename T, int C, Style S>
@@ -35,12 +36,10 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
                           stream, launch.pdl, args, out, static_cast<int>(launch.pairs_per_warp),
                           generic_lanes_per_head<T>(p, launch.pairs_per_warp));
   if (err != cudaSuccess || (out.dweight[0] == nullptr && out.dweight[1] == nullptr)) return err;
-  const int threads = 256;
-  const int64_t reduce_blocks = (out.num_examples * 2 * p.head_dim + threads - 1) / threads;
+  const int64_t reduce_blocks = (out.num_examples * 2 * p.head_dim + kReduceColumns - 1) / kReduceColumns;
   if (reduce_blocks > INT_MAX) return cudaErrorInvalidConfiguration;
-  return launch_kernel(reduce_partials_kernel, dim3(static_cast<unsigned>(reduce_blocks)), dim3(threads), 0, stream,
-                       false, out,
-                       static_cast<int>(p.head_dim));
+  return launch_kernel(reduce_partials_kernel, dim3(static_cast<unsigned>(reduce_blocks)),
+                       dim3(kReduceColumns, kReduceSlices), 0, stream, false, out, static_cast<int>(p.head_dim));
 }
 
 }  // namespace qkrope::cuda

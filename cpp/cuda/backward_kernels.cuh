@@ -273,18 +273,31 @@ __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const Ker
   write_block_partials(smem, dim, o);
 }
 
-// dweight[g][example][e] = sum over the example's blocks b of partials[example][b][g][e], in block order.
-// static: each backward_<type>.cu unit keeps its own copy.
-static __global__ void reduce_partials_kernel(const BackwardOutputs o, int head_dim) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= o.num_examples * 2 * head_dim) return;
-  const int64_t example = t / (2 * head_dim);
-  const int g = static_cast<int>(t / head_dim % 2), e = static_cast<int>(t % head_dim);
-  if (o.dweight[g] == nullptr) return;
-  const float* rows = o.partials + example * o.blocks_per_example * 2 * head_dim;
+// dweight[g][example][e] = sum over the example's blocks b of partials[example][b][g][e]. A block covers
+// 32 columns with 8 row slices: slice y sums rows y, y + 8, ... in order, then the slices are added in
+// order, so the result is the same on every run.
+constexpr int kReduceColumns = 32, kReduceSlices = 8;
+
+static __global__ void __launch_bounds__(kReduceColumns* kReduceSlices)
+    reduce_partials_kernel(const BackwardOutputs o, int head_dim) {
+  __shared__ float slices[kReduceSlices][kReduceColumns];
+  const int64_t column = static_cast<int64_t>(blockIdx.x) * kReduceColumns + threadIdx.x;  // over [E][2][D]
+  const bool active = column < o.num_examples * 2 * head_dim;
+  const int64_t example = column / (2 * head_dim);
+  const int g = static_cast<int>(column / head_dim % 2), e = static_cast<int>(column % head_dim);
   float sum = 0.0f;
-  for (int64_t b = 0; b < o.blocks_per_example; ++b) sum += rows[(b * 2 + g) * head_dim + e];
-  o.dweight[g][example * head_dim + e] = sum;
+  if (active) {
+    const float* rows = o.partials + example * o.blocks_per_example * 2 * head_dim + g * head_dim + e;
+#pragma unroll 8
+    for (int64_t b = threadIdx.y; b < o.blocks_per_example; b += kReduceSlices) sum += rows[b * 2 * head_dim];
+  }
+  slices[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y != 0 || !active || o.dweight[g] == nullptr) return;
+  float total = 0.0f;
+#pragma unroll
+  for (int y = 0; y < kReduceSlices; ++y) total += slices[y][threadIdx.x];
+  o.dweight[g][example * head_dim + e] = total;
 }
 
 }  // namespace qkrope::cuda

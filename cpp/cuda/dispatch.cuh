@@ -7,6 +7,7 @@
 
 #include "cuda/device_common.cuh"
 #include "cuda/launch_kernel.cuh"
+#include "cuda/tuned_layout.cuh"
 
 namespace qkrope::cuda {
 
@@ -40,6 +41,10 @@ int generic_chunk(const Problem& p) {
 }
 
 
+// N = 16 (an auto-dispatch choice) only where a lane then holds at most 4 heads; elsewhere it runs as 8.
+template <typename T, int D, Style S>
+constexpr int kSixteenOr8 = TunedLayout<T, D, 16, S>::I <= 4 ? 16 : 8;
+
 template <template <typename, int, int, Style> class Family, typename T, Style S, int D>
 auto tuned_for_pairs(int n) {
   switch (n) {
@@ -49,8 +54,10 @@ auto tuned_for_pairs(int n) {
       return Family<T, D, 2, S>::kernel;
     case 4:
       return Family<T, D, 4, S>::kernel;
-    default:
+    case 8:
       return Family<T, D, 8, S>::kernel;
+    default:
+      return Family<T, D, 16, S>::kernel;  // the family maps 16 to what it supports
   }
 }
 

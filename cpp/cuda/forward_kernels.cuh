@@ -243,6 +243,32 @@ __device__ __forceinline__ void rotate_generic(const Problem& p, float* row, con
   }
 }
 
+// One pair of a lane group in the generic kernels, with its chunks loaded (possibly still in flight).
+template <typename T, int C, int K>
+struct GenericPair {
+  bool valid;
+  int group;
+  int64_t token, offset;
+  Chunk<T, C> raw[K];
+
+  __device__ __forceinline__ void fetch(const Problem& p, const GenericLayout& lay, const PairCursor& cur, bool ok) {
+    valid = ok;
+    int local = 0;
+    group = valid ? split_head(p, cur.head, &local) : 0;
+    token = cur.token;
+    offset = valid ? head_offset(p, group, cur.token, local) : 0;
+    const T* src = static_cast<const T*>(p.group[group].in) + offset;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (valid && lay.has(k)) {
+        raw[k].load(src + lay.chunk(k) * C);
+      } else {
+        raw[k].zero();
+      }
+    }
+  }
+};
+
 template <typename T, int C, Style S>
 __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const KernelArgs a, int pairs_per_warp,
                                                                        int lanes_per_head) {
@@ -261,25 +287,20 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
   float cs[K][C], sn[K][C];
   int64_t angles_token = -1;
   PairCursor cur(first + lay.grp, heads);
-  for (int64_t base = first; base < end; base += lay.G, cur.advance(lay.G, heads)) {  // warp-uniform
-    const bool valid = base + lay.grp < end;
-    int local = 0;
-    const int g = valid ? split_head(p, cur.head, &local) : 0;
-    const int64_t offset = valid ? head_offset(p, g, cur.token, local) : 0;
-    const T* src = static_cast<const T*>(p.group[g].in) + offset;
-    T* dst = static_cast<T*>(p.group[g].out) + offset;
-    Chunk<T, C> raw[K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (valid && lay.has(k)) {
-        raw[k].load(src + lay.chunk(k) * C);
-      } else {
-        raw[k].zero();
-      }
+  GenericPair<T, C, K> now;
+  now.fetch(p, lay, cur, first + lay.grp < end);
+  for (int64_t base = first; base < end; base += lay.G) {  // warp-uniform
+    // Issue the next pair's loads before working on this one.
+    GenericPair<T, C, K> next;
+    const bool more = base + lay.G < end;
+    if (more) {
+      cur.advance(lay.G, heads);
+      next.fetch(p, lay, cur, base + lay.G + lay.grp < end);
     }
-    if (valid && g < 2 && cur.token != angles_token) {
-      load_generic_angles<K, C>(a, load_position(p, cur.token), lay, cs, sn);
-      angles_token = cur.token;
+    const int g = now.group;
+    if (now.valid && g < 2 && now.token != angles_token) {
+      load_generic_angles<K, C>(a, load_position(p, now.token), lay, cs, sn);
+      angles_token = now.token;
     }
     float v[K][C];
     float sumsq = 0.0f;
@@ -287,7 +308,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
     for (int k = 0; k < K; ++k) {
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        v[k][j] = raw[k].get(j);
+        v[k][j] = now.raw[k].get(j);
         sumsq += v[k][j] * v[k][j];
       }
     }
@@ -295,7 +316,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       float w[C];
-      if (valid && g < 2 && lay.has(k)) {
+      if (now.valid && g < 2 && lay.has(k)) {
         load_scale<C>(p, g, lay.chunk(k) * C, a.weight_vec, w);
       } else {
 #pragma unroll
@@ -305,19 +326,22 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
       for (int j = 0; j < C; ++j) v[k][j] = v[k][j] * r * w[j];
     }
     rotate_generic<K, C, S>(p, row, lay, v, cs, sn, 1.0f);
-    if (!valid) continue;
+    if (now.valid) {
+      T* dst = static_cast<T*>(p.group[g].out) + now.offset;
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (!lay.has(k)) continue;
-      if (g == 2) {  // V of an unaliased packed qkv: copy
-        raw[k].store(dst + lay.chunk(k) * C);
-        continue;
+      for (int k = 0; k < K; ++k) {
+        if (!lay.has(k)) continue;
+        if (g == 2) {  // V of an unaliased packed qkv: copy
+          now.raw[k].store(dst + lay.chunk(k) * C);
+          continue;
+        }
+        Chunk<T, C> out;
+#pragma unroll
+        for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
+        out.store(dst + lay.chunk(k) * C);
       }
-      Chunk<T, C> out;
-#pragma unroll
-      for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
-      out.store(dst + lay.chunk(k) * C);
     }
+    if (more) now = next;
   }
 }
 
