@@ -16,7 +16,8 @@ def main(path: str) -> None:
     for row in csv.DictReader(rows):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        name = row["Kernel Name"].split("(")[0][:90] + f" grid={row.get('Grid Size', '')} block={row.get('Block Size', '')}"
+        launch = f" grid={row.get('Grid Size', '')} block={row.get('Block Size', '')}"
+        name = row["Kernel Name"].split("(")[0][:90] + launch
         scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(row.get("Metric Unit", "nsecond"), 1e-3)
         if name not in durations:
             order.append(name)

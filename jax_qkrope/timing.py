@@ -37,7 +37,7 @@ def _seconds(fn: Callable, args: Sequence) -> float:
 
 
 def per_call_us(step: Step, state: Sequence, repeats: int = 21, target_ms: float = 6.0) -> float:
-    """Median device microseconds of one `step`, from chains of two lengths (see module docstring).
+    """Device microseconds of one `step`, from the fastest runs of two chain lengths (module docstring).
 
     The long chain adds enough calls to run about `target_ms` (384 for launch-bound tiny calls); short
     and long runs alternate so that slow drifts (clocks, temperature) affect both alike.
@@ -72,4 +72,4 @@ def copy_bandwidth_gbps(megabytes: int = 1024) -> float:
     n = megabytes * 2**20 // 4
     x = jnp.arange(n, dtype=jnp.float32)
     seconds = per_call_us(_copy_step, (x,)) * 1e-6
-    return 2 * n * 4 / seconds / 1e9
+    return 2 * n * 4 / seconds / 1e9 if seconds > 0 else math.nan  # nan: lost in host noise (CPU)

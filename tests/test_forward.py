@@ -49,7 +49,8 @@ def test_forward_matches_reference(dtype, head_dim, heads, pos_dtype):
             pairs = []
             for style, rotary, use_cache in variants:
                 kwargs = dict(style=style, rotary_dim=rotary, cos_sin_cache=caches[rotary] if use_cache else None)
-                pairs.append((qkr.fused(q, k, positions, wq, wk, **kwargs), ref.fused(q, k, positions, wq, wk, **kwargs)))
+                ours = qkr.fused(q, k, positions, wq, wk, **kwargs)
+                pairs.append((ours, ref.fused(q, k, positions, wq, wk, **kwargs)))
             return pairs
 
         for (style, rotary, use_cache), (ours, expected) in zip(variants, run(q, k, positions, caches), strict=True):

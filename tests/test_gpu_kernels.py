@@ -5,6 +5,7 @@ chains under CUDA-graph capture and programmatic dependent launch; 64-bit indexi
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +44,9 @@ def test_forced_pairs_per_warp_forward_and_backward(dtype, head_dim):
         results = []
         for n, style, rotary in variants:
             kw = dict(style=style, rotary_dim=rotary)
-            out, vjp = jax.vjp(lambda *a: qkr.fused(*a[:2], positions, *a[2:], token_heads_per_warp=n, **kw),
-                               q, k, wq, wk)
-            ref_out, ref_vjp = jax.vjp(lambda *a: ref.fused(*a[:2], positions, *a[2:], **kw),
+            ours = functools.partial(qkr.fused, token_heads_per_warp=n, **kw)
+            out, vjp = jax.vjp(lambda *a, f=ours: f(*a[:2], positions, *a[2:]), q, k, wq, wk)
+            ref_out, ref_vjp = jax.vjp(lambda *a, kw=kw: ref.fused(*a[:2], positions, *a[2:], **kw),
                                        up(q), up(k), up(wq), up(wk))
             results.append((out, vjp(cot), ref_out, ref_vjp(tuple(map(up, cot)))))
         return results

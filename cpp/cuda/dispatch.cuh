@@ -45,6 +45,27 @@ int generic_chunk(const Problem& p) {
 template <typename T, int D, Style S>
 constexpr int kSixteenOr8 = TunedLayout<T, D, 16, S>::I <= 4 ? 16 : 8;
 
+// The pairs per warp a tuned forward kernel really runs for a requested n (16 may run as 8): the grid
+// must be sized from this, not from the request.
+template <typename T, Style S>
+int tuned_pairs_for_style(int head_dim, int n) {
+  if (n != 16) return n;
+  switch (head_dim) {
+    case 64:
+      return kSixteenOr8<T, 64, S>;
+    case 128:
+      return kSixteenOr8<T, 128, S>;
+    default:
+      return kSixteenOr8<T, 256, S>;
+  }
+}
+
+template <typename T>
+int tuned_pairs(const Problem& p, int n) {
+  return p.style == Style::kNeox ? tuned_pairs_for_style<T, Style::kNeox>(p.head_dim, n)
+                                 : tuned_pairs_for_style<T, Style::kGptj>(p.head_dim, n);
+}
+
 template <template <typename, int, int, Style> class Family, typename T, Style S, int D>
 auto tuned_for_pairs(int n) {
   switch (n) {

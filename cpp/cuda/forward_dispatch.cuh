@@ -22,12 +22,14 @@ template <typename T>
 cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, cudaStream_t stream) {
   const Problem& p = args.p;
   if (!heads_aligned<T>(p, 2 * static_cast<int>(sizeof(T)))) return cudaErrorMisalignedAddress;
-  const int64_t warps = (p.total_pairs() + launch.pairs_per_warp - 1) / launch.pairs_per_warp;
+  const bool tuned = use_tuned<T>(p);
+  const int pairs = tuned ? tuned_pairs<T>(p, launch.pairs_per_warp) : launch.pairs_per_warp;
+  const int64_t warps = (p.total_pairs() + pairs - 1) / pairs;
   const int64_t blocks = (warps + launch.warps_per_block - 1) / launch.warps_per_block;
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
-  if (use_tuned<T>(p)) {
-    return launch_kernel(pick_tuned<ForwardTuned, T>(p, launch.pairs_per_warp), grid, block, 0, stream, launch.pdl,
+  if (tuned) {
+    return launch_kernel(pick_tuned<ForwardTuned, T>(p, pairs), grid, block, 0, stream, launch.pdl,
                          args);
   }
   return launch_kernel(pick_generic<ForwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, false), stream,
