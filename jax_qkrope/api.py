@@ -47,8 +47,22 @@ def _apply_fwd(config: OpConfig, tensors, positions, q_weight, k_weight, table):
     return outputs, (tensors, positions, q_weight, k_weight, table)
 
 
+def _varying_axes(x) -> frozenset:
+    """The shard_map mesh axes over which x varies (empty outside shard_map)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
+
+
 def _weight_cotangent(dweight: Array, weight: Array):
-    return dweight[0].astype(weight.dtype) if weight.shape[0] else None
+    if not weight.shape[0]:
+        return None
+    # Inside shard_map a weight replicated over some axes gets the sum of the shards' gradients, as
+    # JAX's own autodiff gives it (the transpose of broadcasting an invariant value is a psum).
+    extra = _varying_axes(dweight) - _varying_axes(weight)
+    if extra:
+        dweight = jax.lax.psum(dweight, tuple(sorted(extra)))
+    return dweight[0].astype(weight.dtype)
 
 
 def _apply_bwd(config: OpConfig, residuals, cotangents):

@@ -19,14 +19,20 @@ from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 from jax.sharding import PartitionSpec
 
-from jax_qkrope import dispatch
+from jax_qkrope import dispatch, partitioning
 from jax_qkrope._extension import HAS_CUDA_KERNELS, register_targets
 from jax_qkrope.config import OpConfig
 
+# The public primitives (abstract eval, batching, autodiff sits above them in api.py) lower through
+# custom partitioning (partitioning.py) to the kernel primitives, whose lowering is the FFI call.
 fwd_p = Primitive("qkrope_fwd")
 fwd_p.multiple_results = True
 bwd_p = Primitive("qkrope_bwd")
 bwd_p.multiple_results = True
+fwd_kernel_p = Primitive("qkrope_fwd_kernel")
+fwd_kernel_p.multiple_results = True
+bwd_kernel_p = Primitive("qkrope_bwd_kernel")
+bwd_kernel_p.multiple_results = True
 
 NOT_MAPPED = None  # batching's marker of an operand without a vmapped axis
 
@@ -60,8 +66,8 @@ def _impl(prim: Primitive):
     return impl
 
 
-fwd_p.def_impl(_impl(fwd_p))
-bwd_p.def_impl(_impl(bwd_p))
+for _prim in (fwd_p, bwd_p, fwd_kernel_p, bwd_kernel_p):
+    _prim.def_impl(_impl(_prim))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -98,8 +104,10 @@ def _bwd_abstract(*avals, config: OpConfig, num_examples: int):
     return [_output_like(a) for a in avals[:n]] + _dweight_avals(avals, config, num_examples)
 
 
-fwd_p.def_abstract_eval(_fwd_abstract)
-bwd_p.def_abstract_eval(_bwd_abstract)
+for _prim in (fwd_p, fwd_kernel_p):
+    _prim.def_abstract_eval(_fwd_abstract)
+for _prim in (bwd_p, bwd_kernel_p):
+    _prim.def_abstract_eval(_bwd_abstract)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,6 +224,38 @@ def _bwd_lowering(ctx, *args, config: OpConfig, num_examples: int, platform: str
     return rule(ctx, *args, **config.ffi_attributes(), **launch.ffi_attributes())[:-1]
 
 
+def _runs_whole(ctx) -> bool:
+    """True where the SPMD partitioner will not split this call: one device, or every mesh axis manual
+    (inside shard_map). There the kernel lowering runs directly (and sees donated arguments)."""
+    axis_context = ctx.module_context.axis_context
+    manual = getattr(axis_context, "manual_axes", None)
+    mesh = getattr(axis_context, "mesh", None)
+    if manual is not None and mesh is not None:
+        return set(manual) == set(mesh.axis_names)
+    devices = getattr(axis_context, "device_assignment", None)
+    return devices is None or len(devices) <= 1
+
+
+def _fwd_partitioned_lowering(ctx, *args, config: OpConfig, allow_alias: bool, platform: str):
+    if _runs_whole(ctx) or config.token_rank(len(ctx.avals_in[0].shape)) == 0:
+        return _fwd_lowering(ctx, *args, config=config, allow_alias=allow_alias, platform=platform)
+    bind = functools.partial(fwd_kernel_p.bind, config=config, allow_alias=allow_alias)
+    return _partitioned_lowering(ctx, args, bind, config, backward=False, num_examples=1)
+
+
+def _bwd_partitioned_lowering(ctx, *args, config: OpConfig, num_examples: int, platform: str):
+    if _runs_whole(ctx) or config.token_rank(len(ctx.avals_in[0].shape)) == 0:
+        return _bwd_lowering(ctx, *args, config=config, num_examples=num_examples, platform=platform)
+    bind = functools.partial(bwd_kernel_p.bind, config=config, num_examples=num_examples)
+    return _partitioned_lowering(ctx, args, bind, config, backward=True, num_examples=num_examples)
+
+
+def _partitioned_lowering(ctx, args, bind, config: OpConfig, *, backward: bool, num_examples: int):
+    ndims = [len(a.shape) for a in ctx.avals_in]
+    call = partitioning.partitioned_call(bind, config, ndims, backward=backward, num_examples=num_examples)
+    return mlir.lower_fun(call, multiple_results=True)(ctx, *args)
+
+
 def _missing_cuda_lowering(ctx, *args, **params):
     raise NotImplementedError(
         "jax_qkrope was built without its CUDA kernels (no CUDA compiler at build time); reinstall it "
@@ -229,14 +269,20 @@ def register_lowerings() -> None:
     register_targets()
     for platform in ("cpu", "cuda"):
         if platform == "cuda" and not HAS_CUDA_KERNELS:
-            for prim in (fwd_p, bwd_p):
+            for prim in (fwd_p, bwd_p, fwd_kernel_p, bwd_kernel_p):
                 mlir.register_lowering(prim, _missing_cuda_lowering, platform="cuda")
             continue
         # Not cacheable: an outlined, shared lowering could not see whether its operands are donated.
-        mlir.register_lowering(
-            fwd_p, functools.partial(_fwd_lowering, platform=platform), platform=platform, cacheable=False
-        )
-        mlir.register_lowering(bwd_p, functools.partial(_bwd_lowering, platform=platform), platform=platform)
+        for prim, rule in ((fwd_kernel_p, _fwd_lowering), (fwd_p, _fwd_partitioned_lowering)):
+            mlir.register_lowering(prim, functools.partial(rule, platform=platform), platform=platform,
+                                   cacheable=False)
+        for prim, rule in ((bwd_kernel_p, _bwd_lowering), (bwd_p, _bwd_partitioned_lowering)):
+            mlir.register_lowering(prim, functools.partial(rule, platform=platform), platform=platform)
+    # custom_partitioning needs the device assignment when it lowers; jit only passes it down to
+    # lowerings of primitives on this list (a private hook, as in other libraries that partition ops).
+    from jax._src import dispatch as jax_dispatch
+
+    jax_dispatch.prim_requires_devices_during_lowering.update((fwd_p, bwd_p))
 
 
 register_lowerings()
