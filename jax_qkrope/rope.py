@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jax_qkrope.rope_scaling import RopeScaling, scaled_inv_freq
+
 
 def rope_inv_freq(rotary_dim: int, theta: float = 10000.0) -> np.ndarray:
     """``theta ** (-2i / R)`` for i < R/2, as float32."""
@@ -29,14 +31,21 @@ def rope_cos_sin_cache(
     *,
     inv_freq: np.ndarray | None = None,
     attention_factor: float = 1.0,
+    scaling: RopeScaling | dict | None = None,
 ) -> jnp.ndarray:
     """The ``[max_positions, rotary_dim]`` cos/sin table for positions ``0 .. max_positions - 1``.
 
-    ``inv_freq`` overrides the default frequencies (scaled variants); ``attention_factor`` multiplies
-    cos and sin (YaRN's magnitude correction).
+    ``scaling`` picks a variant (``RopeScaling`` or a Hugging Face ``rope_scaling`` dict: linear,
+    dynamic, llama3, yarn), which sets the frequencies and YaRN's attention factor. Lower level:
+    ``inv_freq`` overrides the default frequencies; ``attention_factor`` multiplies cos and sin.
     """
     if max_positions < 1:
         raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+    if scaling is not None:
+        if inv_freq is not None:
+            raise ValueError("give either inv_freq or scaling, not both")
+        inv_freq, factor = scaled_inv_freq(rotary_dim, theta, scaling)
+        attention_factor *= factor
     freq = rope_inv_freq(rotary_dim, theta) if inv_freq is None else np.asarray(inv_freq, np.float32)
     if freq.shape != (rotary_dim // 2,):
         raise ValueError(f"inv_freq must have shape ({rotary_dim // 2},), got {freq.shape}")
