@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
-#   build tests sanitize calibrate bench bench_backward quickbench multigpu
+#   build ensure_built tests tests_kernels sanitize calibrate calibrate256 bench bench_backward examples
+#   quickbench small_t ncu_check multigpu
 # Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,10 @@ build() {
   python3 -c "import jax_qkrope as q; print('FFI API', q.COMPILED_FFI_API_VERSION, 'CUDA', q.HAS_CUDA_KERNELS, q.CUDA_ARCHITECTURES)"
 }
 
+ensure_built() {  # a warm machine keeps the editable build; a fresh one builds
+  python3 -c "import jax_qkrope as q, sys; sys.exit(0 if q.HAS_CUDA_KERNELS else 1)" 2>/dev/null || build
+}
+
 tests() {
   python3 -m pytest -n 8 -q -p no:cacheprovider -rs --maxfail=40 tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
 }
@@ -40,6 +45,14 @@ sanitize() {
 }
 
 calibrate() { python3 benchmarks/calibrate.py --out "$OUT" 2>&1 | tee "$OUT/calibrate.log" | tail -70; cp jax_qkrope/calibration/sm90.json "$OUT/"; }
+calibrate256() {  # re-measure the head_dim 256 class only, merged into the committed file
+  python3 benchmarks/calibrate.py --classes 256 --out "$OUT" 2>&1 | tee "$OUT/calibrate256.log" | tail -20
+  cp jax_qkrope/calibration/sm90.json "$OUT/"
+}
+examples() {
+  { python3 -m jax_qkrope.demo; python3 examples/qwen3_block.py; python3 examples/train_tiny.py --plot "$OUT/train_tiny.png"; } \
+    2>&1 | tee "$OUT/examples.log" | grep -v "^\[" | tail -30
+}
 calibrate_quick() { python3 benchmarks/calibrate.py --quick --out "$OUT" 2>&1 | tee "$OUT/calibrate_quick.log" | tail -50; }
 bench() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 2>&1 | tail -62; }
 bench_backward() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 --backward-only --styles neox gptj 2>&1 | tail -20; }
