@@ -280,9 +280,12 @@ def register_lowerings() -> None:
             mlir.register_lowering(prim, functools.partial(rule, platform=platform), platform=platform)
     # custom_partitioning needs the device assignment when it lowers; jit only passes it down to
     # lowerings of primitives on this list (a private hook, as in other libraries that partition ops).
-    from jax._src import dispatch as jax_dispatch
+    try:
+        from jax._src import dispatch as jax_dispatch
 
-    jax_dispatch.prim_requires_devices_during_lowering.update((fwd_p, bwd_p))
+        jax_dispatch.prim_requires_devices_during_lowering.update((fwd_p, bwd_p))
+    except (ImportError, AttributeError):  # pragma: no cover - a JAX without the hook
+        pass
 
 
 register_lowerings()

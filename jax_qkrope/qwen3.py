@@ -91,7 +91,8 @@ class TinyLM(nnx.Module):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden, dtype=dtype, rngs=rngs)
-        self.blocks = nnx.List([Qwen3Block(cfg, use_fused=use_fused, rngs=rngs) for _ in range(cfg.num_layers)])
+        blocks = [Qwen3Block(cfg, use_fused=use_fused, rngs=rngs) for _ in range(cfg.num_layers)]
+        self.blocks = nnx.List(blocks) if hasattr(nnx, "List") else blocks  # nnx.List: flax >= 0.12
         self.norm = nnx.RMSNorm(cfg.hidden, epsilon=cfg.eps, dtype=dtype, rngs=rngs)
         self.lm_head = None if cfg.tie_embeddings else nnx.Linear(cfg.hidden, cfg.vocab_size, use_bias=False,
                                                                   dtype=dtype, rngs=rngs)
