@@ -38,7 +38,7 @@ tests_kernels() {  # the GPU kernel tests and the forward matrix only
 
 sanitize() {
   for tool in memcheck racecheck synccheck; do
-    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool "$tool" --kernel-name regex:_kernel \
+    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool "$tool" --kernel-name kns=qkrope \
       --print-limit 20 python3 benchmarks/sanitize_matrix.py > "$OUT/sanitizer_$tool.log" 2>&1
     echo "$tool exit $?"; tail -4 "$OUT/sanitizer_$tool.log"
   done
