@@ -109,7 +109,8 @@ def test_sharded_forward_has_no_collectives_and_matches(mesh, name, spec, positi
     out = fn(*sharded)
     for o, e in zip(out, expected, strict=True):
         assert o.sharding.spec[: len(spec)] == tuple(spec), f"{name}: output not sharded like its input"
-        np.testing.assert_array_equal(np.asarray(o), np.asarray(e))
+        # Per-shard token counts may pick another pairs-per-warp kernel: rounding may differ by an ulp.
+        assert_close(o, e, jnp.float32, f"{name} forward")
 
 
 @pytest.mark.parametrize(("name", "spec", "positions_spec"), SHARDINGS, ids=[s[0] for s in SHARDINGS])
@@ -121,10 +122,15 @@ def test_sharded_gradient_only_all_reduces_weight_gradients(mesh, name, spec, po
     text = fn.lower(*sharded).compile().as_text()
     found = collectives(text)
     assert not set(found) & set(FORBIDDEN), f"{name}: {found}"
-    # The only all-reduces sum the per-shard float32 weight-gradient partials ([1, D] each, maybe fused).
-    assert all_reduce_shapes(text), f"{name}: the weight gradients were not reduced across shards"
-    for shape in all_reduce_shapes(text):
-        assert shape == ("f32", f"1,{D}"), f"{name}: unexpected all-reduce of {shape}"
+    # The only all-reduces sum the per-shard float32 weight-gradient partials: [1, D] each, which XLA
+    # may combine (a tuple, or one flattened [2 D] array on GPU).
+    split = int(np.prod([mesh.shape[a] for entry in spec if entry for a in ((entry,) if isinstance(entry, str)
+                                                                               else entry)]))
+    shapes = all_reduce_shapes(text)
+    assert shapes or split == 1, f"{name}: the weight gradients were not reduced across shards"
+    for dtype, dims in shapes:
+        elements = int(np.prod([int(v) for v in dims.split(",") if v]))
+        assert dtype == "f32" and elements in (D, 2 * D), f"{name}: unexpected all-reduce of {dtype}[{dims}]"
     out = fn(*sharded)
     for o, e, label in zip(out, expected, ("dq", "dk", "dq_weight", "dk_weight"), strict=True):
         assert_close(o, e, jnp.float32, f"{name} {label}")
@@ -133,7 +139,7 @@ def test_sharded_gradient_only_all_reduces_weight_gradients(mesh, name, spec, po
 def test_dispatch_sees_per_shard_token_counts(mesh):
     """The launch choice is made on the shard's shape: data-parallel over all devices shrinks it."""
     n = mesh.devices.size
-    tokens = 4096 * n // 8 * 8
+    tokens = 2048 * n  # 24576 pairs per shard: N = 2 by the default table; the whole call takes more
     q = jnp.zeros((tokens, HQ, D), jnp.bfloat16)
     k = jnp.zeros((tokens, HK, D), jnp.bfloat16)
     positions = jnp.arange(tokens, dtype=jnp.int32)
