@@ -209,6 +209,11 @@ def plot(records: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def with_meta(records: list[dict], meta: dict) -> list[dict]:
+    """The JSON written: a flat list of records, each carrying the run's device, date and method."""
+    return [{**r, "device": meta["device"], "date": meta["date"], "method": meta["method"]} for r in records]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.backward_only:
         records = [forward_record(c, copy_gbps) for c in progress(cases, "forward")]
-        (args.out / f"{name}_forward.json").write_text(json.dumps(dict(meta=meta, records=records), indent=1))
+        (args.out / f"{name}_forward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         plot(records, args.out / f"{name}_forward.png")
         table = forward_table(records)
         (args.out / f"{name}_forward.md").write_text(f"{meta['device']}, {meta['date']}\n\n{table}\n")
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.backward or args.backward_only:
         bwd_cases = [c for c in cases if c.heads == (32, 8, 128)] or cases
         records = [backward_record(c, copy_gbps) for c in progress(bwd_cases, "backward")]
-        (args.out / f"{name}_backward.json").write_text(json.dumps(dict(meta=meta, records=records), indent=1))
+        (args.out / f"{name}_backward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         table = backward_table(records)
         (args.out / f"{name}_backward.md").write_text(f"{meta['device']}, {meta['date']}\n\n{table}\n")
         print(table)

@@ -3,6 +3,7 @@ mismatch)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,3 +32,12 @@ def test_example_quick_mode(script):
     pytest.importorskip("optax")
     out = run(script, "--quick")  # exits non-zero when the fused and plain versions disagree
     assert "fused" in out
+
+
+def test_bench_quick_writes_records(tmp_path):
+    run("-m", "jax_qkrope.bench", "--quick", "--tokens", "1", "--styles", "neox", "--backward", "--name", "t",
+        "--out", str(tmp_path))
+    forward = json.loads((tmp_path / "t_forward.json").read_text())
+    backward = json.loads((tmp_path / "t_backward.json").read_text())
+    assert {"heads", "T", "style", "dtype", "ours_us", "xla_us", "bound_us", "copy_gbps"} <= forward[0].keys()
+    assert {"heads", "T", "style", "bwd_us", "bwd_bound_us", "fwdbwd_us", "xla_fwdbwd_us"} <= backward[0].keys()

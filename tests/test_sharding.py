@@ -195,3 +195,20 @@ def test_vmap_of_grad_under_sharding_is_correct(mesh):
     out = jax.jit(per_example)(*place(mesh, P("dp"), P("dp"), *args))
     for o, e in zip(out, expected, strict=True):
         assert_close(o, e, jnp.float32, "vmap of grad")
+
+
+def test_mqa_heads_sharded_with_replicated_single_kv_head(mesh):
+    """Tensor parallel with one KV head: q split over heads, k replicated; still no collectives."""
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    with jax.default_device(mesh.devices.flat[0]):
+        q = jax.random.normal(keys[0], (B, S, HQ, D))
+        k = jax.random.normal(keys[1], (B, S, 1, D))
+        positions = jax.random.randint(keys[2], (B, S), 0, 4096, jnp.int32)
+    expected = jax.jit(lambda q, k, p: qkr.fused(q, k, p))(q, k, positions)
+    replicated = NamedSharding(mesh, P())
+    args = (jax.device_put(q, NamedSharding(mesh, P(None, None, "tp"))), jax.device_put(k, replicated),
+            jax.device_put(positions, replicated))
+    fn = jax.jit(lambda q, k, p: qkr.fused(q, k, p))
+    assert collectives(fn.lower(*args).compile().as_text()) == []
+    for o, e in zip(fn(*args), expected, strict=True):
+        assert_close(o, e, jnp.float32, "MQA heads sharded")
