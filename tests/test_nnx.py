@@ -143,3 +143,14 @@ def attention_and_tiny_lm_match_plain_twin():
     assert flat.keys() == twin_flat.keys() and any("q_norm" in map(str, path) for path in flat)
     for path, g in flat.items():
         assert_close(g[...], twin_flat[path][...], jnp.float32, f"grad {path}", scale=10)
+
+
+def test_untied_head_and_cached_yarn_model_match_twin():
+    cfg = Qwen3Config(vocab_size=48, hidden=32, num_layers=1, num_q_heads=2, num_kv_heads=1, head_dim=16,
+                      mlp_hidden=64, tie_embeddings=False, max_positions=64,
+                      rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16})
+    model, twin = TinyLM(cfg, rngs=nnx.Rngs(4)), TinyLM(cfg, use_fused=False, rngs=nnx.Rngs(4))
+    assert model.lm_head is not None
+    tokens = jax.random.randint(jax.random.PRNGKey(5), (2, 20), 0, 48)
+    with jax.default_matmul_precision("highest"):
+        assert_close(model(tokens), twin(tokens), jnp.float32, "untied logits", scale=10)
