@@ -55,6 +55,24 @@ def time_choice(case: Case, inputs: dict, choice) -> float:
         return time_forward(case, inputs, qkr.fused)
 
 
+def measure_pdl_max_pairs(thresholds_128: list) -> int:
+    """Programmatic dependent launch stays on up to the largest small problem it speeds up."""
+    pdl_max_pairs = 0
+    for t in (1, 16, 128, 1024):
+        case = Case(HEAD_DIM_CLASSES["128"], t, "neox")
+        inputs = make_inputs(case)
+        n = dispatch.pick_from_thresholds(thresholds_128, t * 40)
+        with dispatch.override_pdl(False):
+            off = time_choice(case, inputs, n)
+        with dispatch.override_pdl(True):
+            on = time_choice(case, inputs, n)
+        print(f"pdl T={t}: off {off:.2f} us, on {on:.2f} us", flush=True)
+        if on >= off * (1 - TIE):
+            break
+        pdl_max_pairs = t * 40
+    return pdl_max_pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -85,27 +103,11 @@ def main() -> None:
 
     major, minor = facts.compute_capability
     previous = dispatch.load_calibration((major, minor)) if partial else None
-    if previous is not None:
+    if previous is not None:  # merge the re-measured classes; keep the PDL decision
         table = {**previous["forward"], **table}
-
-    # Programmatic dependent launch: on while it helps the smallest problems.
-    pdl_max_pairs = 0
-    for t in (() if previous is not None else (1, 16, 128, 1024)):
-        case = Case(HEAD_DIM_CLASSES["128"], t, "neox")
-        inputs = make_inputs(case)
-        n = dispatch.pick_from_thresholds(table["128"], t * 40)
-        with dispatch.override_pdl(False):
-            off = time_choice(case, inputs, n)
-        with dispatch.override_pdl(True):
-            on = time_choice(case, inputs, n)
-        print(f"pdl T={t}: off {off:.2f} us, on {on:.2f} us", flush=True)
-        if on < off * (1 - TIE):
-            pdl_max_pairs = t * 40
-        else:
-            break
-
-    if previous is not None:
         pdl_max_pairs = int(previous.get("pdl_max_pairs", 0))
+    else:
+        pdl_max_pairs = measure_pdl_max_pairs(table["128"])
     calibration = dict(arch=f"sm_{major}{minor}", device=facts.name, sms=facts.num_sms,
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        forward=table, pdl_max_pairs=pdl_max_pairs,

@@ -12,9 +12,9 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from jax_qkrope.demo import max_relative_error as relative_error
 from jax_qkrope.qwen3 import Qwen3Block, Qwen3Config
 from jax_qkrope.timing import per_call_us
 
@@ -22,11 +22,6 @@ QWEN3_8B = Qwen3Config(hidden=4096, num_q_heads=32, num_kv_heads=8, head_dim=128
                        rope_theta=1e6, max_positions=40960, dtype="bfloat16")
 SMALL = Qwen3Config(hidden=256, num_q_heads=8, num_kv_heads=2, head_dim=64, mlp_hidden=512, rope_theta=1e6,
                     max_positions=4096)
-
-
-def relative_error(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def main() -> None:

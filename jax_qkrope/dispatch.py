@@ -62,33 +62,28 @@ _choice_override: list[int] = []
 
 
 @contextlib.contextmanager
-def assume_device(facts: DeviceFacts) -> Iterator[None]:
+def _pushed(stack: list, value) -> Iterator[None]:
+    """`value` on top of `stack` for the duration of the block (the overrides nest)."""
+    stack.append(value)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def assume_device(facts: DeviceFacts) -> contextlib.AbstractContextManager[None]:
     """Lower as if for a device with these facts (lowering for CUDA on a machine without one, tests)."""
-    _assumed_facts.append(facts)
-    try:
-        yield
-    finally:
-        _assumed_facts.pop()
+    return _pushed(_assumed_facts, facts)
 
 
-@contextlib.contextmanager
-def override_pdl(enabled: bool) -> Iterator[None]:
+def override_pdl(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Force programmatic dependent launch on or off for the forward calls lowered inside (tests, sweeps)."""
-    _pdl_override.append(enabled)
-    try:
-        yield
-    finally:
-        _pdl_override.pop()
+    return _pushed(_pdl_override, enabled)
 
 
-@contextlib.contextmanager
-def override_choice(choice: int) -> Iterator[None]:
+def override_choice(choice: int) -> contextlib.AbstractContextManager[None]:
     """Force the forward pairs per warp (any of AUTO_CHOICES) of calls lowered inside (calibration)."""
-    _choice_override.append(choice)
-    try:
-        yield
-    finally:
-        _choice_override.pop()
+    return _pushed(_choice_override, choice)
 
 
 @functools.cache

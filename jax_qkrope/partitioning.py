@@ -33,8 +33,9 @@ def operand_factors(config: OpConfig, ndims: Sequence[int], backward: bool) -> t
     table = "tp tr" if ndims[-1] == 2 else "tf"
     operands = [*tensors, *(tensors if backward else []), tokens, "wq", "wk", table]
     results = [*tensors, *(["eq fq", "ek fk"] if backward else [])]
-    replicated = ("c", "d", "wq", "wk", *table.split(), *(("eq", "fq", "ek", "fk") if backward else ()))
-    return operands, results, tuple(f for f in replicated if f != ("d" if config.packed_heads else "c"))
+    whole_dim = "c" if config.packed_heads else "d"
+    replicated = (whole_dim, "wq", "wk", *table.split(), *(("eq", "fq", "ek", "fk") if backward else ()))
+    return operands, results, replicated
 
 
 def _axes(entry) -> AxisNames:

@@ -224,9 +224,12 @@ def _bwd_lowering(ctx, *args, config: OpConfig, num_examples: int, platform: str
     return rule(ctx, *args, **config.ffi_attributes(), **launch.ffi_attributes())[:-1]
 
 
-def _runs_whole(ctx) -> bool:
-    """True where the SPMD partitioner will not split this call: one device, or every mesh axis manual
-    (inside shard_map). There the kernel lowering runs directly (and sees donated arguments)."""
+def _runs_whole(ctx, config: OpConfig) -> bool:
+    """True where the SPMD partitioner will not split this call: one device, every mesh axis manual
+    (inside shard_map), or no token dims to split. There the kernel lowering runs directly (and sees
+    donated arguments)."""
+    if config.token_rank(len(ctx.avals_in[0].shape)) == 0:
+        return True
     axis_context = ctx.module_context.axis_context
     manual = getattr(axis_context, "manual_axes", None)
     mesh = getattr(axis_context, "mesh", None)
@@ -237,14 +240,14 @@ def _runs_whole(ctx) -> bool:
 
 
 def _fwd_partitioned_lowering(ctx, *args, config: OpConfig, allow_alias: bool, platform: str):
-    if _runs_whole(ctx) or config.token_rank(len(ctx.avals_in[0].shape)) == 0:
+    if _runs_whole(ctx, config):
         return _fwd_lowering(ctx, *args, config=config, allow_alias=allow_alias, platform=platform)
     bind = functools.partial(fwd_kernel_p.bind, config=config, allow_alias=allow_alias)
     return _partitioned_lowering(ctx, args, bind, config, backward=False, num_examples=1)
 
 
 def _bwd_partitioned_lowering(ctx, *args, config: OpConfig, num_examples: int, platform: str):
-    if _runs_whole(ctx) or config.token_rank(len(ctx.avals_in[0].shape)) == 0:
+    if _runs_whole(ctx, config):
         return _bwd_lowering(ctx, *args, config=config, num_examples=num_examples, platform=platform)
     bind = functools.partial(bwd_kernel_p.bind, config=config, num_examples=num_examples)
     return _partitioned_lowering(ctx, args, bind, config, backward=True, num_examples=num_examples)

@@ -15,12 +15,7 @@ from jax_qkrope.rope_scaling import RopeScaling, scaled_inv_freq
 
 def rope_inv_freq(rotary_dim: int, theta: float = 10000.0) -> np.ndarray:
     """``theta ** (-2i / R)`` for i < R/2, as float32."""
-    if rotary_dim < 2 or rotary_dim % 2:
-        raise ValueError(f"rotary_dim must be even and >= 2, got {rotary_dim}")
-    if not theta > 0:
-        raise ValueError(f"theta must be positive, got {theta}")
-    exponents = np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim
-    return (float(theta) ** -exponents).astype(np.float32)
+    return scaled_inv_freq(rotary_dim, theta)[0]
 
 
 def rope_cos_sin_cache(

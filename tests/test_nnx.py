@@ -94,9 +94,7 @@ def test_vmap_stacked_layers_under_scan():
     @nnx.vmap(in_axes=0, out_axes=0)
     def make(seed):
         layer = QKNormRoPE(D, max_positions=512)
-        keys = jax.random.split(jax.random.PRNGKey(seed))
-        layer.q_norm[...] = 1 + 0.3 * jax.random.normal(keys[0], (D,))
-        layer.k_norm[...] = 1 + 0.3 * jax.random.normal(keys[1], (D,))
+        randomise_scales(layer, seed)
         return layer
 
     stacked = make(jnp.arange(layers_count))

@@ -98,15 +98,19 @@ def place(mesh, spec, positions_spec, q, k, positions, wq, wk):
             jax.device_put(wq, replicated), jax.device_put(wk, replicated))
 
 
+def run_sharded(fn, mesh, spec, positions_spec):
+    """(single-device result, sharded result, compiled HLO text of the sharded call) of fn on inputs()."""
+    args = inputs(mesh.devices.flat[0])
+    expected = jax.jit(fn)(*args)
+    sharded = place(mesh, spec, positions_spec, *args)
+    jitted = jax.jit(fn)
+    return expected, jitted(*sharded), jitted.lower(*sharded).compile().as_text()
+
+
 @pytest.mark.parametrize(("name", "spec", "positions_spec"), SHARDINGS, ids=[s[0] for s in SHARDINGS])
 def test_sharded_forward_has_no_collectives_and_matches(mesh, name, spec, positions_spec):
-    args = inputs(mesh.devices.flat[0])
-    expected = jax.jit(forward)(*args)
-    sharded = place(mesh, spec, positions_spec, *args)
-    fn = jax.jit(forward)
-    text = fn.lower(*sharded).compile().as_text()
+    expected, out, text = run_sharded(forward, mesh, spec, positions_spec)
     assert collectives(text) == [], f"{name}: collectives in the partitioned forward"
-    out = fn(*sharded)
     for o, e in zip(out, expected, strict=True):
         assert o.sharding.spec[: len(spec)] == tuple(spec), f"{name}: output not sharded like its input"
         # Per-shard token counts may pick another pairs-per-warp kernel: rounding may differ by an ulp.
@@ -115,11 +119,7 @@ def test_sharded_forward_has_no_collectives_and_matches(mesh, name, spec, positi
 
 @pytest.mark.parametrize(("name", "spec", "positions_spec"), SHARDINGS, ids=[s[0] for s in SHARDINGS])
 def test_sharded_gradient_only_all_reduces_weight_gradients(mesh, name, spec, positions_spec):
-    args = inputs(mesh.devices.flat[0])
-    expected = jax.jit(gradient)(*args)
-    sharded = place(mesh, spec, positions_spec, *args)
-    fn = jax.jit(gradient)
-    text = fn.lower(*sharded).compile().as_text()
+    expected, out, text = run_sharded(gradient, mesh, spec, positions_spec)
     found = collectives(text)
     assert not set(found) & set(FORBIDDEN), f"{name}: {found}"
     # The only all-reduces sum the per-shard float32 weight-gradient partials: [1, D] each, which XLA
@@ -131,7 +131,6 @@ def test_sharded_gradient_only_all_reduces_weight_gradients(mesh, name, spec, po
     for dtype, dims in shapes:
         elements = int(np.prod([int(v) for v in dims.split(",") if v]))
         assert dtype == "f32" and elements in (D, 2 * D), f"{name}: unexpected all-reduce of {dtype}[{dims}]"
-    out = fn(*sharded)
     for o, e, label in zip(out, expected, ("dq", "dk", "dq_weight", "dk_weight"), strict=True):
         assert_close(o, e, jnp.float32, f"{name} {label}")
 
