@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate256 bench bench_backward examples
-#   quickbench small_t ncu_check multigpu
+#   quickbench small_t ncu_check variants ncu_detail multigpu
 # Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ tests() {
   python3 -m pytest -n 8 -q -p no:cacheprovider -rs --maxfail=40 tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
 }
 tests_kernels() {  # the GPU kernel tests and the forward matrix only
-  python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 tests/test_gpu_kernels.py tests/test_forward.py \
+  python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 tests/test_gpu_kernels.py tests/test_forward.py tests/test_backward.py \
     2>&1 | tee "$OUT/pytest_gpu_kernels.log" | tail -40
 }
 
@@ -65,6 +65,13 @@ ncu_check() {
   ncu --kernel-name regex:_kernel --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_kernels.csv" 2> "$OUT/ncu_kernels.err"
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_kernels.csv"
+}
+variants() { python3 benchmarks/kernel_variants.py --out "$OUT" 2>&1 | tee "$OUT/kernel_variants.log" | grep -v "^\[" | tail -30; }
+ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned kernels
+  ncu --kernel-name regex:tuned_kernel --clock-control none --cache-control none --csv --metrics \
+    gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+    python3 benchmarks/ncu_kernels.py > "$OUT/ncu_detail.csv" 2> "$OUT/ncu_detail.err"
+  echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_detail.csv"
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 

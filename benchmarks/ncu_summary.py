@@ -1,4 +1,4 @@
-"""Summarises an `ncu --csv --metrics gpu__time_duration.sum` log: kernel, count, median duration."""
+"""Summarises an `ncu --csv --metrics ...` log: per kernel and launch shape, the median of each metric."""
 
 from __future__ import annotations
 
@@ -7,24 +7,32 @@ import statistics
 import sys
 from collections import defaultdict
 
+SCALE_TO_US = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+
 
 def main(path: str) -> None:
     with open(path) as f:
         rows = [line for line in f if line.startswith('"')]
-    durations: dict[str, list[float]] = defaultdict(list)
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     order: list[str] = []
     for row in csv.DictReader(rows):
-        if row.get("Metric Name") != "gpu__time_duration.sum":
-            continue
         launch = f" grid={row.get('Grid Size', '')} block={row.get('Block Size', '')}"
         name = row["Kernel Name"].split("(")[0][:90] + launch
-        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(row.get("Metric Unit", "nsecond"), 1e-3)
-        if name not in durations:
+        metric, unit = row.get("Metric Name", ""), row.get("Metric Unit", "")
+        try:
+            value = float(row["Metric Value"].replace(",", ""))
+        except ValueError:
+            continue
+        if metric == "gpu__time_duration.sum":
+            metric, value = "us", value * SCALE_TO_US.get(unit, 1e-3)
+        if name not in values:
             order.append(name)
-        durations[name].append(float(row["Metric Value"].replace(",", "")) * scale)
+        values[name][metric].append(value)
     for name in order:
-        values = durations[name]
-        print(f"{statistics.median(values):10.2f} us  x{len(values):<3} {name}")
+        metrics = values[name]
+        count = len(next(iter(metrics.values())))
+        cells = " ".join(f"{m.split('.')[0].split('__')[-1]}={statistics.median(v):.2f}" for m, v in metrics.items())
+        print(f"x{count:<3} {cells}  {name}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
 BACKWARD_WARPS_PER_BLOCK = 8
 BACKWARD_BLOCKS_PER_SM = 4
+BACKWARD_PAIRS_PER_WARP = 4  # tuned head dims; the generic kernels take one pair at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +51,20 @@ class Launch:
     pairs_per_warp: int
     warps_per_block: int
     pdl: bool = False
+    # > 0: the forward grid is one resident wave on this many SMs and warps stride over the work,
+    # prefetching their next batch (see forward_tuned_kernel); 0: one batch per warp.
+    grid_sms: int = 0
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
-                    pdl=bool(self.pdl))
+                    pdl=bool(self.pdl), grid_sms=int(self.grid_sms))
 
 
 _assumed_facts: list[DeviceFacts] = []
 _pdl_override: list[bool] = []
 _choice_override: list[int] = []
+_grid_sms_override: list[int] = []
+_backward_override: list[tuple[int, int, int]] = []
 
 
 @contextlib.contextmanager
@@ -84,6 +90,19 @@ def override_pdl(enabled: bool) -> contextlib.AbstractContextManager[None]:
 def override_choice(choice: int) -> contextlib.AbstractContextManager[None]:
     """Force the forward pairs per warp (any of AUTO_CHOICES) of calls lowered inside (calibration)."""
     return _pushed(_choice_override, choice)
+
+
+def override_grid_sms(sms: int) -> contextlib.AbstractContextManager[None]:
+    """Size the forward grid for `sms` SMs (0: one batch per warp, no persistent grid) for the calls
+    lowered inside (sweeps; tests use 1 so that every warp strides over many batches)."""
+    return _pushed(_grid_sms_override, sms)
+
+
+def override_backward(
+    pairs_per_warp: int, warps_per_block: int, blocks_per_sm: int
+) -> contextlib.AbstractContextManager[None]:
+    """Force the backward kernel's launch shape for the calls lowered inside (sweeps)."""
+    return _pushed(_backward_override, (pairs_per_warp, warps_per_block, blocks_per_sm))
 
 
 @functools.cache
@@ -145,7 +164,10 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     pdl = _pdl_override[-1] if _pdl_override else num_pairs <= pdl_max_pairs
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
-    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl)
+    grid_sms = facts.num_sms if facts.compute_capability is not None else 0
+    if _grid_sms_override:
+        grid_sms = _grid_sms_override[-1]
+    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl, grid_sms=grid_sms)
 
 
 def backward_launch(
@@ -155,9 +177,12 @@ def backward_launch(
     split evenly among the examples. The block count fixes the weight-gradient reduction order."""
     if platform != "cuda":
         return Launch(1, 1), 1
-    n = 4 if head_dim in TUNED_HEAD_DIMS else 1
-    launch = Launch(n, BACKWARD_WARPS_PER_BLOCK)
+    n = BACKWARD_PAIRS_PER_WARP if head_dim in TUNED_HEAD_DIMS else 1
+    warps, blocks_per_sm = BACKWARD_WARPS_PER_BLOCK, BACKWARD_BLOCKS_PER_SM
+    if _backward_override:
+        n, warps, blocks_per_sm = _backward_override[-1]
+    launch = Launch(n, warps)
     per_example = num_pairs // max(num_examples, 1)
-    blocks_needed = math.ceil(math.ceil(per_example / n) / BACKWARD_WARPS_PER_BLOCK)
-    blocks_cap = math.ceil(BACKWARD_BLOCKS_PER_SM * facts.num_sms / max(num_examples, 1))
+    blocks_needed = math.ceil(math.ceil(per_example / n) / warps)
+    blocks_cap = math.ceil(blocks_per_sm * facts.num_sms / max(num_examples, 1))
     return launch, max(1, min(blocks_needed, blocks_cap))

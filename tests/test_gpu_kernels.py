@@ -90,6 +90,43 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
         assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "16 pairs packed")
 
 
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_warps_striding_over_many_batches(dtype, head_dim):
+    """A grid sized for one SM (forward) and 1-warp blocks on few SMs (backward), so every warp loops over
+    many batches, prefetching the next: every N, both styles, GQA, packed V copies, repeated positions
+    (held cos/sin reused) and a batch boundary inside a token; forward, grads and weight grads."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 8)
+    tokens = 1001
+    q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
+    k = random_heads(keys[1], (tokens,), 3, head_dim, dtype)
+    wq, wk = random_weight(keys[2], head_dim, dtype), random_weight(keys[3], head_dim, dtype)
+    positions = random_positions(keys[4], (tokens,), 64) // 4  # runs of equal positions
+    cot = (random_heads(keys[5], (tokens,), 7, head_dim, dtype), random_heads(keys[6], (tokens,), 3, head_dim, dtype))
+    qkv = random_heads(keys[7], (tokens,), 7 + 2 * 3, head_dim, dtype).reshape(tokens, -1)
+    up = lambda x: x.astype(jnp.float32)  # noqa: E731
+    for n in dispatch.AUTO_CHOICES:
+        for style in ("neox", "gptj"):
+
+            def run(q, k, wq, wk, cot, qkv, style=style):  # a fresh jit per variant: lowered under the overrides
+                out, vjp = jax.vjp(lambda q, k, wq, wk: qkr.fused(q, k, positions, wq, wk, style=style), q, k, wq, wk)
+                return out, vjp(cot), qkr.fused_qkv(qkv, positions, 7, 3, wq, wk, style=style)
+
+            backward = dispatch.override_backward(min(n, 8), 1, 1)
+            with dispatch.override_choice(n), dispatch.override_grid_sms(1), backward:
+                out, grads, packed = jax.jit(run)(q, k, wq, wk, cot, qkv)
+            ref_out, ref_vjp = jax.vjp(lambda q, k, wq, wk, s=style: ref.fused(q, k, positions, wq, wk, style=s),
+                                       up(q), up(k), up(wq), up(wk))
+            for a, e in zip(out, ref_out, strict=True):
+                assert_close(a, e.astype(dtype), dtype, f"strided forward N={n} {style}")
+            for name, a, e in zip(("dq", "dk", "dwq", "dwk"), grads, ref_vjp(tuple(map(up, cot))), strict=True):
+                scale = 2e-2 / 1e-5 if dtype != jnp.float32 else 10.0
+                assert_close(a, e, jnp.float32, f"strided {name} N={n} {style}", scale=scale)
+            assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+            expected = ref.fused_qkv(up(qkv), positions, 7, 3, up(wq), up(wk), style=style)
+            assert_close(packed, expected.astype(dtype), dtype, f"strided packed N={n} {style}")
+
+
 @pytest.mark.parametrize("choice", [None, 16])
 @pytest.mark.parametrize("tokens", [0, 1, 3, 17, 1000, 65537])
 @pytest.mark.parametrize(("hq", "hk", "head_dim"), [(32, 8, 128), (16, 2, 256), (12, 4, 80)])

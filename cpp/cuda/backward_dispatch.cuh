@@ -10,7 +10,11 @@ namespace qkrope::cuda {
 template <typename T, int D, int N, Style S>
 struct BackwardTuned {
   static constexpr int kPairs = N == 16 ? 8 : N;  // the backward has no 16-pair variant
-  static constexpr auto kernel = backward_tuned_kernel<T, D, kPairs, S>;
+  // Shared memory per warp: a [2][D] float reduction row and two stages of x and dy.
+  static TunedChoice<void (*)(KernelArgs, BackwardOutputs)> choice() {
+    return {backward_tuned_kernel<T, D, kPairs, S>, kPairs,
+            2 * D * sizeof(float) + 2 * TunedBatch<T, D, kPairs, S, 2>::kStageBytes};
+  }
 };
 
 template <typename T, int C, Style S>
@@ -27,14 +31,17 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   const int64_t blocks = out.num_examples * out.blocks_per_example;
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
-  const size_t tuned_smem = 2 * launch.warps_per_block * p.head_dim * sizeof(float);
-  cudaError_t err =
-      use_tuned<T>(p)
-          ? launch_kernel(pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp), grid, block, tuned_smem, stream,
-                          launch.pdl, args, out)
-          : launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, true),
-                          stream, launch.pdl, args, out, static_cast<int>(launch.pairs_per_warp),
-                          generic_lanes_per_head<T>(p, launch.pairs_per_warp));
+  cudaError_t err;
+  if (use_tuned<T>(p)) {
+    const auto c = pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp);
+    const size_t smem = c.smem_per_warp * launch.warps_per_block;
+    err = allow_smem(c.kernel, smem);
+    if (err == cudaSuccess) err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
+  } else {
+    err = launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, true),
+                        stream, launch.pdl, args, out, static_cast<int>(launch.pairs_per_warp),
+                        generic_lanes_per_head<T>(p, launch.pairs_per_warp));
+  }
   if (err != cudaSuccess || (out.dweight[0] == nullptr && out.dweight[1] == nullptr)) return err;
   const int64_t reduce_blocks = (out.num_examples * 2 * p.head_dim + kReduceColumns - 1) / kReduceColumns;
   if (reduce_blocks > INT_MAX) return cudaErrorInvalidConfiguration;

@@ -1,0 +1,69 @@
+"""Kernel-structure sweep: forward time per forced N with the persistent (prefetching) grid on and off,
+and backward time per launch shape, at large token counts, against the copy-bandwidth bound; one run.
+
+    python benchmarks/kernel_variants.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import jax
+
+import jax_qkrope as qkr
+from jax_qkrope import dispatch
+from jax_qkrope.bench import Case, make_inputs, time_backward_alone, time_forward
+from jax_qkrope.timing import copy_bandwidth_gbps
+
+SHAPES = ((32, 8, 128), (16, 2, 256), (16, 16, 64))
+TOKENS = (4096, 16384, 65536)
+FORWARD_CHOICES = (2, 4, 8, 16)
+# (pairs per warp, warps per block, blocks per SM) of the backward's persistent grid
+BACKWARD_SHAPES = ((1, 8, 4), (2, 8, 4), (4, 8, 4), (2, 4, 8), (4, 4, 4), (2, 8, 2), (4, 8, 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    copy = copy_bandwidth_gbps()
+    print(f"copy {copy:.0f} GB/s on {jax.devices()[0].device_kind}", flush=True)
+    records = []
+    for heads in SHAPES:
+        for t in TOKENS:
+            case = Case(heads, t, "neox")
+            inputs = make_inputs(case)
+            bound = case.forward_bytes() / (copy * 1e3)
+            line = []
+            for n in FORWARD_CHOICES:
+                for persistent in (True, False):
+                    sms = dispatch.device_facts("cuda").num_sms if persistent else 0
+                    with dispatch.override_choice(n), dispatch.override_grid_sms(sms):
+                        us = time_forward(case, inputs, qkr.fused)
+                    records.append(dict(kind="forward", heads=list(heads), T=t, N=n, persistent=persistent, us=us,
+                                        bound_us=bound, fraction=bound / us))
+                    line.append(f"{n}{'p' if persistent else ' '}={us:8.2f}({100 * bound / us:3.0f}%)")
+            print(f"fwd {heads} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
+    for t in (16384, 65536):
+        case = Case((32, 8, 128), t, "neox")
+        inputs = make_inputs(case)
+        bound = case.backward_bytes() / (copy * 1e3)
+        line = []
+        for shape in BACKWARD_SHAPES:
+            with dispatch.override_backward(*shape):
+                us = time_backward_alone(case, inputs)
+            records.append(dict(kind="backward", heads=[32, 8, 128], T=t, launch=list(shape), us=us, bound_us=bound,
+                                fraction=bound / us))
+            line.append(f"{shape}={us:8.2f}({100 * bound / us:3.0f}%)")
+        print(f"bwd (32, 8, 128) T={t} bound {bound:8.2f}  " + " ".join(line), flush=True)
+    meta = dict(device=jax.devices()[0].device_kind, date=str(datetime.date.today()), copy_gbps=copy,
+                method="chain of calls separated by optimization_barrier, fastest-run difference (jax_qkrope.timing)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kernel_variants.json").write_text(json.dumps([{**meta, **r} for r in records], indent=1))
+
+
+if __name__ == "__main__":
+    main()
