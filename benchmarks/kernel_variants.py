@@ -1,5 +1,6 @@
-"""Kernel-structure sweep: forward time per forced N with the persistent (prefetching) grid on and off,
-and backward time per launch shape, at large token counts, against the copy-bandwidth bound; one run.
+"""Launch-shape sweep at large token counts, against the copy-bandwidth bound, in one run: forward time
+per forced pairs-per-warp N, and backward time per (N, warps per block, blocks per SM) of its
+persistent grid.
 
     python benchmarks/kernel_variants.py [--out DIR]
 """
@@ -19,10 +20,10 @@ from jax_qkrope.bench import Case, make_inputs, time_backward_alone, time_forwar
 from jax_qkrope.timing import copy_bandwidth_gbps
 
 SHAPES = ((32, 8, 128), (16, 2, 256), (16, 16, 64))
-TOKENS = (4096, 16384, 65536)
-FORWARD_CHOICES = (2, 4, 8, 16)
+TOKENS = (16384,)
+FORWARD_CHOICES = (4, 8, 16)
 # (pairs per warp, warps per block, blocks per SM) of the backward's persistent grid
-BACKWARD_SHAPES = ((1, 8, 4), (2, 8, 4), (4, 8, 4), (2, 4, 8), (4, 4, 4), (2, 8, 2), (4, 8, 2))
+BACKWARD_SHAPES = ((2, 8, 4), (4, 8, 4), (8, 8, 4), (4, 8, 2), (4, 4, 4), (4, 4, 8), (8, 4, 4), (2, 4, 8), (8, 8, 2))
 
 
 def main() -> None:
@@ -39,26 +40,24 @@ def main() -> None:
             bound = case.forward_bytes() / (copy * 1e3)
             line = []
             for n in FORWARD_CHOICES:
-                for persistent in (True, False):
-                    sms = dispatch.device_facts("cuda").num_sms if persistent else 0
-                    with dispatch.override_choice(n), dispatch.override_grid_sms(sms):
-                        us = time_forward(case, inputs, qkr.fused)
-                    records.append(dict(kind="forward", heads=list(heads), T=t, N=n, persistent=persistent, us=us,
-                                        bound_us=bound, fraction=bound / us))
-                    line.append(f"{n}{'p' if persistent else ' '}={us:8.2f}({100 * bound / us:3.0f}%)")
+                with dispatch.override_choice(n):
+                    us = time_forward(case, inputs, qkr.fused)
+                records.append(dict(kind="forward", heads=list(heads), T=t, N=n, us=us, bound_us=bound,
+                                    fraction=bound / us))
+                line.append(f"{n}={us:8.2f}({100 * bound / us:3.0f}%)")
             print(f"fwd {heads} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
-    for t in (16384, 65536):
-        case = Case((32, 8, 128), t, "neox")
+    for t, style in ((16384, "neox"), (65536, "neox"), (16384, "gptj")):
+        case = Case((32, 8, 128), t, style)
         inputs = make_inputs(case)
         bound = case.backward_bytes() / (copy * 1e3)
         line = []
         for shape in BACKWARD_SHAPES:
             with dispatch.override_backward(*shape):
                 us = time_backward_alone(case, inputs)
-            records.append(dict(kind="backward", heads=[32, 8, 128], T=t, launch=list(shape), us=us, bound_us=bound,
-                                fraction=bound / us))
+            records.append(dict(kind="backward", heads=[32, 8, 128], T=t, style=style, launch=list(shape), us=us,
+                                bound_us=bound, fraction=bound / us))
             line.append(f"{shape}={us:8.2f}({100 * bound / us:3.0f}%)")
-        print(f"bwd (32, 8, 128) T={t} bound {bound:8.2f}  " + " ".join(line), flush=True)
+        print(f"bwd (32, 8, 128) {style} T={t} bound {bound:8.2f}  " + " ".join(line), flush=True)
     meta = dict(device=jax.devices()[0].device_kind, date=str(datetime.date.today()), copy_gbps=copy,
                 method="chain of calls separated by optimization_barrier, fastest-run difference (jax_qkrope.timing)")
     args.out.mkdir(parents=True, exist_ok=True)

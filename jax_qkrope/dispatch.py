@@ -51,19 +51,15 @@ class Launch:
     pairs_per_warp: int
     warps_per_block: int
     pdl: bool = False
-    # > 0: the forward grid is one resident wave on this many SMs and warps stride over the work,
-    # prefetching their next batch (see forward_tuned_kernel); 0: one batch per warp.
-    grid_sms: int = 0
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
-                    pdl=bool(self.pdl), grid_sms=int(self.grid_sms))
+                    pdl=bool(self.pdl))
 
 
 _assumed_facts: list[DeviceFacts] = []
 _pdl_override: list[bool] = []
 _choice_override: list[int] = []
-_grid_sms_override: list[int] = []
 _backward_override: list[tuple[int, int, int]] = []
 
 
@@ -90,12 +86,6 @@ def override_pdl(enabled: bool) -> contextlib.AbstractContextManager[None]:
 def override_choice(choice: int) -> contextlib.AbstractContextManager[None]:
     """Force the forward pairs per warp (any of AUTO_CHOICES) of calls lowered inside (calibration)."""
     return _pushed(_choice_override, choice)
-
-
-def override_grid_sms(sms: int) -> contextlib.AbstractContextManager[None]:
-    """Size the forward grid for `sms` SMs (0: one batch per warp, no persistent grid) for the calls
-    lowered inside (sweeps; tests use 1 so that every warp strides over many batches)."""
-    return _pushed(_grid_sms_override, sms)
 
 
 def override_backward(
@@ -164,10 +154,7 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     pdl = _pdl_override[-1] if _pdl_override else num_pairs <= pdl_max_pairs
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
-    grid_sms = facts.num_sms if facts.compute_capability is not None else 0
-    if _grid_sms_override:
-        grid_sms = _grid_sms_override[-1]
-    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl, grid_sms=grid_sms)
+    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl)
 
 
 def backward_launch(

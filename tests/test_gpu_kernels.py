@@ -92,10 +92,10 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
 
 @pytest.mark.parametrize("head_dim", (64, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_warps_striding_over_many_batches(dtype, head_dim):
-    """A grid sized for one SM (forward) and 1-warp blocks on few SMs (backward), so every warp loops over
-    many batches, prefetching the next: every N, both styles, GQA, packed V copies, repeated positions
-    (held cos/sin reused) and a batch boundary inside a token; forward, grads and weight grads."""
+def test_backward_warps_striding_over_many_batches(dtype, head_dim):
+    """The backward's persistent grid shrunk to 1-warp blocks, one per SM, so every warp loops over many
+    batches: every N, both styles, GQA, runs of equal positions, batches crossing token boundaries;
+    forward, packed V copies, grads and weight grads."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 8)
     tokens = 1001
     q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
@@ -113,7 +113,7 @@ def test_warps_striding_over_many_batches(dtype, head_dim):
                 return out, vjp(cot), qkr.fused_qkv(qkv, positions, 7, 3, wq, wk, style=style)
 
             backward = dispatch.override_backward(min(n, 8), 1, 1)
-            with dispatch.override_choice(n), dispatch.override_grid_sms(1), backward:
+            with dispatch.override_choice(n), backward:
                 out, grads, packed = jax.jit(run)(q, k, wq, wk, cot, qkv)
             ref_out, ref_vjp = jax.vjp(lambda q, k, wq, wk, s=style: ref.fused(q, k, positions, wq, wk, style=s),
                                        up(q), up(k), up(wq), up(wk))

@@ -69,7 +69,6 @@ struct Launch {
   int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4, 8 (16: auto dispatch only)
   int32_t warps_per_block = 4;  // 1..8
   bool pdl = false;             // programmatic dependent launch (overlap with the previous kernel)
-  int32_t grid_sms = 0;         // > 0: the forward grid is one resident wave on this many SMs (persistent)
 };
 
 // Backward extras: float32 weight gradients, reduced deterministically from per-block partials.

@@ -10,10 +10,9 @@ namespace qkrope::cuda {
 template <typename T, int D, int N, Style S>
 struct BackwardTuned {
   static constexpr int kPairs = N == 16 ? 8 : N;  // the backward has no 16-pair variant
-  // Shared memory per warp: a [2][D] float reduction row and two stages of x and dy.
+  // Shared memory per warp: a [2][D] float weight-gradient reduction row.
   static TunedChoice<void (*)(KernelArgs, BackwardOutputs)> choice() {
-    return {backward_tuned_kernel<T, D, kPairs, S>, kPairs,
-            2 * D * sizeof(float) + 2 * TunedBatch<T, D, kPairs, S, 2>::kStageBytes};
+    return {backward_tuned_kernel<T, D, kPairs, S>, kPairs, 2 * D * sizeof(float)};
   }
 };
 
@@ -35,8 +34,7 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   if (use_tuned<T>(p)) {
     const auto c = pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp);
     const size_t smem = c.smem_per_warp * launch.warps_per_block;
-    err = allow_smem(c.kernel, smem);
-    if (err == cudaSuccess) err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
+    err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
   } else {
     err = launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, true),
                         stream, launch.pdl, args, out, static_cast<int>(launch.pairs_per_warp),

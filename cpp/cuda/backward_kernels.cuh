@@ -40,109 +40,92 @@ __device__ __forceinline__ void write_block_partials(const float* red, int head_
   }
 }
 
-// dx of one batch (x and dy taken), its weight-gradient terms added to acc_q / acc_k.
-template <typename T, int D, int N, Style S>
-__device__ __forceinline__ void backward_tuned_batch(const KernelArgs& a, const TunedBatch<T, D, N, S, 2>& b, int gl,
-                                                     HeldAngles<TunedLayout<T, D, N, S>>& angles,
-                                                     float (&acc_q)[TunedLayout<T, D, N, S>::SL][TunedLayout<T, D, N, S>::C],
-                                                     float (&acc_k)[TunedLayout<T, D, N, S>::SL][TunedLayout<T, D, N, S>::C]) {
-  using Lay = TunedLayout<T, D, N, S>;
-  constexpr int L = Lay::L, I = Lay::I, C = Lay::C, SL = Lay::SL;
-  const Problem& p = a.p;
-#pragma unroll
-  for (int i = 0; i < I; ++i) {
-    const int g = b.group[i];
-    if (g >= 0) angles.ensure(a, b.position[i], gl);
-    float x[SL][C], dy[SL][C];
-    float sumsq = 0.0f;
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        x[s][j] = b.raw[0][i][s].get(j);
-        dy[s][j] = b.raw[1][i][s].get(j);
-        sumsq += x[s][j] * x[s][j];
-      }
-    }
-    rotate_tuned<Lay, S>(dy, angles.cs, angles.sn, -1.0f);  // dy is g, the un-rotated cotangent, from here on
-    const float r = rsqrtf(group_sum<L>(sumsq) / static_cast<float>(D) + p.eps);
-    float u[SL][C];
-    float dot = 0.0f;
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-      float w[C];
-      load_scale<C>(p, g & 1, Lay::chunk_start(s, gl), a.weight_vec, w);
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        x[s][j] *= r;  // xhat from here on
-        u[s][j] = dy[s][j] * w[j];
-        dot += u[s][j] * x[s][j];
-      }
-    }
-    const float mean_dot = group_sum<L>(dot) / static_cast<float>(D);
-    if (g < 0) continue;
-    T* dst = static_cast<T*>(p.group[g].out) + b.offset[i];
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-      Chunk<T, C> out;
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        out.set(j, r * (u[s][j] - x[s][j] * mean_dot));
-        if (g == 0) {
-          acc_q[s][j] += dy[s][j] * x[s][j];
-        } else {
-          acc_k[s][j] += dy[s][j] * x[s][j];
-        }
-      }
-      out.store(dst + Lay::chunk_start(s, gl));
-    }
-  }
-}
-
-// Warps stride over the batches of their example, fetching the next batch's x and dy (TunedBatch) while
-// working on the current one.
 template <typename T, int D, int N, Style S>
 __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const KernelArgs a, const BackwardOutputs o) {
   using Lay = TunedLayout<T, D, N, S>;
-  using Batch = TunedBatch<T, D, N, S, 2>;
-  constexpr int L = Lay::L, C = Lay::C, SL = Lay::SL;
-  // [warps][2][D] float reduction rows, then [warps][2 stages][kStageBytes].
-  extern __shared__ __align__(16) float red[];
+  constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
+  extern __shared__ float red[];  // [warps][2][D]
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
   const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
-  unsigned char* staging = reinterpret_cast<unsigned char*>(red + blockDim.x / kWarp * 2 * D) +
-                           (threadIdx.x / kWarp) * 2 * Batch::kStageBytes;
   const ExampleSpan span(p, o);
-  const int64_t batches = (span.end - span.begin + N - 1) / N;
+  const int64_t tasks = (span.end - span.begin + N - 1) / N;
   const bool want_dw = wants_dweight(p);
 
   float acc_q[SL][C] = {}, acc_k[SL][C] = {};
-  HeldAngles<Lay> angles;
-  Batch now;
-  int64_t batch = span.warp;
-  if (batch < batches) {
-    now.locate(p, span.begin + batch * N, span.end, grp);
-    now.fetch(p, gl, staging);
-  }
-  cp_async_commit();
-#pragma unroll 1
-  for (int k = 0; batch < batches; ++k) {  // warp-uniform
-    const int64_t following = batch + span.warps;
-    const bool more = following < batches;
-    Batch next;
-    if (more) {
-      next.locate(p, span.begin + following * N, span.end, grp);
-      next.fetch(p, gl, staging + ((k + 1) & 1) * Batch::kStageBytes);
+  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+  int64_t angles_token = -1;
+
+  for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
+    PairSlots<I> at;
+    at.locate(p, span.begin + task * N + grp, G, span.end);
+    Chunk<T, C> xr[I][SL], dyr[I][SL];
+#pragma unroll
+    for (int i = 0; i < I; ++i) {
+      const T* xs = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+      const T* gs = static_cast<const T*>(p.group[at.group[i]].grad) + at.offset[i];
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+        if (at.valid[i]) {
+          xr[i][s].load(xs + Lay::chunk_start(s, gl));
+          dyr[i][s].load(gs + Lay::chunk_start(s, gl));
+        } else {
+          xr[i][s].zero();
+          dyr[i][s].zero();
+        }
+      }
     }
-    cp_async_commit();
-    cp_async_wait<1>();
-    now.take(staging + (k & 1) * Batch::kStageBytes);
-    backward_tuned_batch(a, now, gl, angles, acc_q, acc_k);
-    now = next;
-    batch = following;
+#pragma unroll
+    for (int i = 0; i < I; ++i) {
+      if (at.valid[i] && at.token[i] != angles_token) {
+        load_tuned_angles<Lay>(a, load_position(p, at.token[i]), gl, cs, sn);
+        angles_token = at.token[i];
+      }
+      float x[SL][C], g[SL][C];
+      float sumsq = 0.0f;
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          x[s][j] = xr[i][s].get(j);
+          g[s][j] = dyr[i][s].get(j);
+          sumsq += x[s][j] * x[s][j];
+        }
+      }
+      rotate_tuned<Lay, S>(g, cs, sn, -1.0f);
+      const float r = rsqrtf(group_sum<L>(sumsq) / static_cast<float>(D) + p.eps);
+      float u[SL][C];
+      float dot = 0.0f;
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+        float w[C];
+        load_scale<C>(p, at.group[i], Lay::chunk_start(s, gl), a.weight_vec, w);
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          x[s][j] *= r;  // xhat from here on
+          u[s][j] = g[s][j] * w[j];
+          dot += u[s][j] * x[s][j];
+        }
+      }
+      const float mean_dot = group_sum<L>(dot) / static_cast<float>(D);
+      if (!at.valid[i]) continue;
+      T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
+#pragma unroll
+      for (int s = 0; s < SL; ++s) {
+        Chunk<T, C> out;
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          out.set(j, r * (u[s][j] - x[s][j] * mean_dot));
+          if (at.group[i] == 0) {
+            acc_q[s][j] += g[s][j] * x[s][j];
+          } else {
+            acc_k[s][j] += g[s][j] * x[s][j];
+          }
+        }
+        out.store(dst + Lay::chunk_start(s, gl));
+      }
+    }
   }
-  cp_async_wait<0>();
 
   if (!want_dw) return;  // uniform over the grid
   // Lanes at the same position of the G groups hold the same elements: fold them, then one row per warp.

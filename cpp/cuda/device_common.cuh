@@ -73,35 +73,11 @@ struct Chunk {
   Word word;
 
   __device__ __forceinline__ void load(const T* src) { word = *reinterpret_cast<const Word*>(src); }
-  __device__ __forceinline__ void load_shared(const unsigned char* src) { word = *reinterpret_cast<const Word*>(src); }
   __device__ __forceinline__ void store(T* dst) const { *reinterpret_cast<Word*>(dst) = word; }
   __device__ __forceinline__ void zero() { word = Word{}; }
   __device__ __forceinline__ float get(int i) const { return to_float(reinterpret_cast<const T*>(&word)[i]); }
   __device__ __forceinline__ void set(int i, float v) { reinterpret_cast<T*>(&word)[i] = from_float<T>(v); }
 };
-
-// Asynchronous global -> shared copies (cp.async, sm_80+) of 4, 8 or 16 bytes; `valid` false zero-fills
-// the destination without reading the source. A thread waits for its own copies with cp_async_wait.
-template <int kBytes>
-__device__ __forceinline__ void cp_async(void* shared_dst, const void* global_src, bool valid) {
-  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async moves 4, 8 or 16 bytes");
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
-  const int src_bytes = valid ? kBytes : 0;
-  if constexpr (kBytes == 16) {  // .cg: stream through L2 only
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(global_src), "r"(src_bytes)
-                 : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(dst), "l"(global_src), "n"(kBytes),
-                 "r"(src_bytes)
-                 : "memory");
-  }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most kPending of this thread's most recent commit groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-}
 
 // Sum over the L lanes of an aligned lane group (L a power of two, <= 32). Every lane of the warp
 // must call it, active or not.

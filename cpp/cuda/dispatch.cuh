@@ -4,9 +4,6 @@
 
 #include <climits>
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "cuda/device_common.cuh"
 #include "cuda/launch_kernel.cuh"
@@ -26,34 +23,6 @@ bool heads_aligned(const Problem& p, int bytes) {
     if (!aligned(g.in, bytes) || !aligned(g.out, bytes) || (g.grad && !aligned(g.grad, bytes))) return false;
   }
   return true;
-}
-
-// Blocks of `kernel` resident on one SM at once (0 if unknown). Asked once per kernel, block size and
-// shared memory, then cached: a function attribute, not a device or stream operation.
-template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel, int threads, size_t smem_bytes) {
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, size_t>, int> cache;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), threads, smem_bytes);
-  std::lock_guard<std::mutex> lock(mutex);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem_bytes) != cudaSuccess) {
-    (void)cudaGetLastError();  // not sticky; fall back to an uncapped grid
-    blocks = 0;
-  }
-  cache.emplace(key, blocks);
-  return blocks;
-}
-
-// Grid of a kernel whose warps stride over the work: the `needed` blocks, capped at one resident wave on
-// launch.grid_sms SMs when that is set (a persistent grid: no tail wave, no block launch per batch).
-template <typename Kernel>
-int64_t persistent_grid(Kernel kernel, int64_t needed, const Launch& launch, size_t smem_bytes) {
-  if (launch.grid_sms <= 0) return needed;
-  const int per_sm = resident_blocks_per_sm(kernel, launch.warps_per_block * kWarp, smem_bytes);
-  const int64_t wave = static_cast<int64_t>(per_sm) * launch.grid_sms;
-  return wave > 0 && wave < needed ? wave : needed;
 }
 
 // The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox.
@@ -117,22 +86,6 @@ template <template <typename, int, int, Style> class Family, typename T>
 auto pick_tuned(const Problem& p, int n) {
   return p.style == Style::kNeox ? tuned_for_dim<Family, T, Style::kNeox>(p.head_dim, n)
                                  : tuned_for_dim<Family, T, Style::kGptj>(p.head_dim, n);
-}
-
-// Lets `kernel` use more than the default 48 KiB of dynamic shared memory; once per kernel and size.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t smem_bytes) {
-  constexpr size_t kDefault = 48 * 1024;
-  if (smem_bytes <= kDefault) return cudaSuccess;
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, size_t>, cudaError_t> done;
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), smem_bytes);
-  std::lock_guard<std::mutex> lock(mutex);
-  if (auto it = done.find(key); it != done.end()) return it->second;
-  const cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
-  done.emplace(key, err);
-  return err;
 }
 
 // Lanes per head of the generic kernels: enough for every chunk within the K slots of a lane, and at

@@ -67,143 +67,72 @@ struct PairSlots {
   }
 };
 
-// The N pairs of one warp of the tuned kernels (a "batch"): per pair of a lane group, its head group
-// (-1: past the end), element offset and position, and its data: the input, and for the backward
-// (kTensors = 2) the cotangent too. A warp fetches its next batch while it works on the current one.
-// The data waits in shared memory, copied there by cp.async, so registers stay free for more warps; a
-// lane copies and later reads only its own slots, so no warp sync is needed. Chunks of 2 bytes (too
-// small for cp.async) wait in registers instead.
-template <typename T, int D, int N, Style S, int kTensors = 1>
-struct TunedBatch {
-  using Lay = TunedLayout<T, D, N, S>;
-  static constexpr int kChunkBytes = static_cast<int>(sizeof(T)) * Lay::C;
-  static constexpr bool kStaged = kChunkBytes >= 4;
-  // Shared memory of one warp for one batch: [kTensors][I][SL][32 lanes] chunks, lane-minor.
-  static constexpr int kTensorBytes = Lay::I * Lay::SL * kWarp * kChunkBytes;
-  static constexpr int kStageBytes = kStaged ? kTensors * kTensorBytes : 0;
-
-  int group[Lay::I];
-  int64_t offset[Lay::I];
-  int64_t position[Lay::I];
-  Chunk<T, Lay::C> raw[kTensors][Lay::I][Lay::SL];  // filled by fetch (not staged) or by take (staged)
-
-  __device__ __forceinline__ bool valid(int i) const { return group[i] >= 0; }
-
-  // The batch of pairs [begin, begin + N), valid below `end`. Positions are never written by these
-  // kernels, so they may be read before the previous kernel ends.
-  __device__ __forceinline__ void locate(const Problem& p, int64_t begin, int64_t end, int grp) {
-    const int heads = p.total_heads();
-    const int64_t first = begin + grp;
-    PairCursor cur(first, heads);
-#pragma unroll
-    for (int i = 0; i < Lay::I; ++i) {
-      const bool ok = first + static_cast<int64_t>(i) * Lay::G < end;
-      int local = 0;
-      const int g = split_head(p, cur.head, &local);
-      group[i] = ok ? g : -1;
-      offset[i] = head_offset(p, g, cur.token, local);
-      position[i] = ok ? load_position(p, cur.token) : 0;
-      cur.advance(Lay::G, heads);
-    }
-  }
-
-  // Issues every load of the batch into `stage` (or the registers).
-  __device__ __forceinline__ void fetch(const Problem& p, int gl, unsigned char* stage) {
-    const int lane = threadIdx.x % kWarp;
-#pragma unroll
-    for (int t = 0; t < kTensors; ++t) {
-#pragma unroll
-      for (int i = 0; i < Lay::I; ++i) {
-        const HeadGroup& hg = p.group[valid(i) ? group[i] : 0];
-        const T* src = static_cast<const T*>(t == 0 ? hg.in : hg.grad) + (valid(i) ? offset[i] : 0);
-#pragma unroll
-        for (int s = 0; s < Lay::SL; ++s) {
-          if constexpr (kStaged) {
-            cp_async<kChunkBytes>(stage + slot(t, i, s, lane), src + Lay::chunk_start(s, gl), valid(i));
-          } else if (valid(i)) {
-            raw[t][i][s].load(src + Lay::chunk_start(s, gl));
-          } else {
-            raw[t][i][s].zero();
-          }
-        }
-      }
-    }
-  }
-
-  // Moves the staged data into registers once this thread's copies into `stage` have landed.
-  __device__ __forceinline__ void take(const unsigned char* stage) {
-    if constexpr (kStaged) {
-      const int lane = threadIdx.x % kWarp;
-#pragma unroll
-      for (int t = 0; t < kTensors; ++t) {
-#pragma unroll
-        for (int i = 0; i < Lay::I; ++i) {
-#pragma unroll
-          for (int s = 0; s < Lay::SL; ++s) raw[t][i][s].load_shared(stage + slot(t, i, s, lane));
-        }
-      }
-    }
-  }
-
- private:
-  __device__ __forceinline__ static int slot(int t, int i, int s, int lane) {
-    return t * kTensorBytes + ((i * Lay::SL + s) * kWarp + lane) * kChunkBytes;
-  }
-};
-
-// The cos/sin a lane holds, and for which position (pairs of equal positions share them).
-template <typename Lay>
-struct HeldAngles {
-  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
-  int64_t position = 0;
-  bool ready = false;
-
-  __device__ __forceinline__ void ensure(const KernelArgs& a, int64_t pos, int gl) {
-    if (ready && pos == position) return;
-    load_tuned_angles<Lay>(a, pos, gl, cs, sn);
-    position = pos;
-    ready = true;
-  }
-};
-
-// Normalises, scales, rotates and stores one batch.
 template <typename T, int D, int N, Style S>
-__device__ __forceinline__ void forward_tuned_batch(const KernelArgs& a, const TunedBatch<T, D, N, S>& b, int gl,
-                                                    HeldAngles<TunedLayout<T, D, N, S>>& angles) {
+__global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
-  constexpr int L = Lay::L, I = Lay::I, C = Lay::C, SL = Lay::SL;
+  constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
   const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+
+  PairSlots<I> at;
+  at.locate(p, warp * N + grp, G, p.total_pairs());
+  // Positions are never written by these kernels, so they may be read before the previous one ends.
+  int64_t position[I];
+#pragma unroll
+  for (int i = 0; i < I; ++i) position[i] = at.valid[i] ? load_position(p, at.token[i]) : 0;
+  wait_for_previous_kernel(a.pdl);
+
+  // Issue every load of the warp's pairs before any arithmetic: more bytes in flight per lane.
+  Chunk<T, C> raw[I][SL];
 #pragma unroll
   for (int i = 0; i < I; ++i) {
-    const int g = b.group[i];
-    if (g == 0 || g == 1) angles.ensure(a, b.position[i], gl);
+    const T* src = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+      if (at.valid[i]) {
+        raw[i][s].load(src + Lay::chunk_start(s, gl));
+      } else {
+        raw[i][s].zero();
+      }
+    }
+  }
+
+  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+  int64_t angles_token = -1;
+#pragma unroll
+  for (int i = 0; i < I; ++i) {
+    if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
+      load_tuned_angles<Lay>(a, position[i], gl, cs, sn);
+      angles_token = at.token[i];
+    }
     float v[SL][C];
     float sumsq = 0.0f;
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        v[s][j] = b.raw[0][i][s].get(j);
+        v[s][j] = raw[i][s].get(j);
         sumsq += v[s][j] * v[s][j];
       }
     }
     sumsq = group_sum<L>(sumsq);  // every lane, valid or not
-    if (g < 0) continue;
-    T* dst = static_cast<T*>(p.group[g].out) + b.offset[i];
-    if (g == 2) {  // V of an unaliased packed qkv: copy
+    if (!at.valid[i]) continue;
+    T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
+    if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
 #pragma unroll
-      for (int s = 0; s < SL; ++s) b.raw[0][i][s].store(dst + Lay::chunk_start(s, gl));
+      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl));
       continue;
     }
     const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
       float w[C];
-      load_scale<C>(p, g, Lay::chunk_start(s, gl), a.weight_vec, w);
+      load_scale<C>(p, at.group[i], Lay::chunk_start(s, gl), a.weight_vec, w);
 #pragma unroll
       for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * w[j];
     }
-    rotate_tuned<Lay, S>(v, angles.cs, angles.sn, 1.0f);
+    rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
       Chunk<T, C> out;
@@ -211,48 +140,6 @@ __device__ __forceinline__ void forward_tuned_batch(const KernelArgs& a, const T
       for (int j = 0; j < C; ++j) out.set(j, v[s][j]);
       out.store(dst + Lay::chunk_start(s, gl));
     }
-  }
-}
-
-// Warp w handles batches w, w + W, w + 2W, ... (W warps in the grid). With a grid smaller than the batch
-// count (a persistent grid) each warp fetches its next batch, positions included, before working on the
-// current one, so a batch of bytes stays in flight while it computes and waits for cos/sin.
-template <typename T, int D, int N, Style S>
-__global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
-  using Lay = TunedLayout<T, D, N, S>;
-  using Batch = TunedBatch<T, D, N, S>;
-  extern __shared__ __align__(16) unsigned char stages[];  // [warps][2][kStageBytes]
-  const Problem& p = a.p;
-  const int lane = threadIdx.x % kWarp, grp = lane / Lay::L, gl = lane % Lay::L;
-  unsigned char* staging = stages + (threadIdx.x / kWarp) * 2 * Batch::kStageBytes;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
-  const int64_t batches = (p.total_pairs() + N - 1) / N;
-  int64_t batch = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-
-  Batch now;
-  now.locate(p, batch * N, p.total_pairs(), grp);
-  wait_for_previous_kernel(a.pdl);
-  if (batch >= batches) return;  // warp-uniform
-  now.fetch(p, gl, staging);
-  cp_async_commit();
-
-  HeldAngles<Lay> angles;
-#pragma unroll 1
-  for (int k = 0;; ++k) {  // warp-uniform
-    const int64_t following = batch + warps;
-    const bool more = following < batches;
-    Batch next;
-    if (more) {
-      next.locate(p, following * N, p.total_pairs(), grp);
-      next.fetch(p, gl, staging + ((k + 1) & 1) * Batch::kStageBytes);
-    }
-    cp_async_commit();  // possibly empty: the wait below then always leaves exactly `next` in flight
-    cp_async_wait<1>();
-    now.take(staging + (k & 1) * Batch::kStageBytes);
-    forward_tuned_batch(a, now, gl, angles);
-    if (!more) break;
-    now = next;
-    batch = following;
   }
 }
 

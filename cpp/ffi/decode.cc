@@ -89,12 +89,6 @@ ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) 
   launch.pairs_per_warp = static_cast<int32_t>(pairs_per_warp);
   launch.warps_per_block = static_cast<int32_t>(warps_per_block);
   launch.pdl = pdl;
-  // Optional: absent means one batch per warp (the grid covers the whole problem).
-  const auto grid_sms = attrs.get<int64_t>("grid_sms");
-  if (grid_sms.has_value()) {
-    if (*grid_sms < 0 || *grid_sms > 65536) return invalid("grid_sms must be in [0, 65536]");
-    launch.grid_sms = static_cast<int32_t>(*grid_sms);
-  }
   if (rotary_dim < 2 || rotary_dim % 2 != 0) return invalid("rotary_dim must be even and >= 2");
   return ffi::Error::Success();
 }
