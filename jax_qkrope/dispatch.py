@@ -24,7 +24,7 @@ TUNED_HEAD_DIMS = (64, 128, 256)
 # give each lane more bytes in flight on large ones.
 DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
-BACKWARD_WARPS_PER_BLOCK = 8
+BACKWARD_WARPS_PER_BLOCK = 4  # best of the H100 launch-shape sweep for (32, 8, 128) (benchmarks/kernel_variants.py)
 BACKWARD_BLOCKS_PER_SM = 4
 BACKWARD_PAIRS_PER_WARP = 4  # tuned head dims; the generic kernels take one pair at a time
 

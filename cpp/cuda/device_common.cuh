@@ -233,6 +233,12 @@ struct PairCursor {
   int64_t token;
   int head;
   __device__ __forceinline__ PairCursor(int64_t pair, int heads) {
+    if (pair <= 0x7fffffff) {  // the common case: a 32-bit division, several times cheaper than 64-bit
+      const uint32_t p32 = static_cast<uint32_t>(pair), t32 = p32 / static_cast<uint32_t>(heads);
+      token = t32;
+      head = static_cast<int>(p32 - t32 * static_cast<uint32_t>(heads));
+      return;
+    }
     token = pair / heads;
     head = static_cast<int>(pair - token * heads);
   }
