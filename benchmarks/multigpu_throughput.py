@@ -48,8 +48,9 @@ def fwdbwd_step(q, k, positions, w, cache):
         out_q, out_k = qkr.fused(q, k, positions, w, w, cos_sin_cache=cache)
         return jnp.sum(out_q.astype(jnp.float32)) + jnp.sum(out_k.astype(jnp.float32))
 
-    dq, dk, dw = jax.grad(loss, argnums=(0, 1, 2))(q, k, w)
-    return dq, dk, positions, dw.astype(w.dtype), cache
+    value, (dq, dk, dw) = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, w)
+    # The loss nudges the weights by a negligible amount so that the forward is not dead code.
+    return dq, dk, positions, (dw + 1e-30 * value).astype(w.dtype), cache
 
 
 def main() -> None:
