@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import jax
+from calibrate import time_choice  # benchmarks/calibrate.py: the forward time with N forced
 
-import jax_qkrope as qkr
 from jax_qkrope import dispatch
-from jax_qkrope.bench import Case, make_inputs, time_backward_alone, time_forward
+from jax_qkrope.bench import Case, make_inputs, time_backward_alone
 from jax_qkrope.timing import copy_bandwidth_gbps
 
 SHAPES = ((32, 8, 128), (16, 2, 256), (16, 16, 64))
@@ -40,8 +40,7 @@ def main() -> None:
             bound = case.forward_bytes() / (copy * 1e3)
             line = []
             for n in FORWARD_CHOICES:
-                with dispatch.override_choice(n):
-                    us = time_forward(case, inputs, qkr.fused)
+                us = time_choice(case, inputs, n)
                 records.append(dict(kind="forward", heads=list(heads), T=t, N=n, us=us, bound_us=bound,
                                     fraction=bound / us))
                 line.append(f"{n}={us:8.2f}({100 * bound / us:3.0f}%)")

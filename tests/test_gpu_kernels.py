@@ -94,14 +94,14 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_backward_warps_striding_over_many_batches(dtype, head_dim):
     """The backward's persistent grid shrunk to 1-warp blocks, one per SM, so every warp loops over many
-    batches: every N, both styles, GQA, runs of equal positions, batches crossing token boundaries;
+    batches: every N, both styles, GQA, many repeated positions, batches crossing token boundaries;
     forward, packed V copies, grads and weight grads."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 8)
     tokens = 1001
     q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
     k = random_heads(keys[1], (tokens,), 3, head_dim, dtype)
     wq, wk = random_weight(keys[2], head_dim, dtype), random_weight(keys[3], head_dim, dtype)
-    positions = random_positions(keys[4], (tokens,), 64) // 4  # runs of equal positions
+    positions = random_positions(keys[4], (tokens,), 64) // 4  # 16 distinct values: many repeats
     cot = (random_heads(keys[5], (tokens,), 7, head_dim, dtype), random_heads(keys[6], (tokens,), 3, head_dim, dtype))
     qkv = random_heads(keys[7], (tokens,), 7 + 2 * 3, head_dim, dtype).reshape(tokens, -1)
     up = lambda x: x.astype(jnp.float32)  # noqa: E731

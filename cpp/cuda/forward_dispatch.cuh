@@ -23,14 +23,20 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   const Problem& p = args.p;
   if (!heads_aligned<T>(p, 2 * static_cast<int>(sizeof(T)))) return cudaErrorMisalignedAddress;
   const dim3 block(launch.warps_per_block * kWarp);
-  const bool tuned = use_tuned<T>(p);
-  const auto choice = pick_tuned<ForwardTuned, T>(p, launch.pairs_per_warp);
-  const int pairs = tuned ? choice.pairs : launch.pairs_per_warp;
-  const int64_t warps = (p.total_pairs() + pairs - 1) / pairs;
-  const int64_t blocks = (warps + launch.warps_per_block - 1) / launch.warps_per_block;
-  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(blocks));
-  if (tuned) return launch_kernel(choice.kernel, grid, block, 0, stream, launch.pdl, args);
+  // Enough blocks for every pair at `pairs` per warp.
+  const auto grid_for = [&](int pairs, dim3* grid) {
+    const int64_t warps = (p.total_pairs() + pairs - 1) / pairs;
+    const int64_t blocks = (warps + launch.warps_per_block - 1) / launch.warps_per_block;
+    *grid = dim3(static_cast<unsigned>(blocks));
+    return blocks <= INT_MAX;
+  };
+  dim3 grid;
+  if (use_tuned<T>(p)) {
+    const auto choice = pick_tuned<ForwardTuned, T>(p, launch.pairs_per_warp);
+    if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
+    return launch_kernel(choice.kernel, grid, block, 0, stream, launch.pdl, args);
+  }
+  if (!grid_for(launch.pairs_per_warp, &grid)) return cudaErrorInvalidConfiguration;
   return launch_kernel(pick_generic<ForwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, false), stream,
                        launch.pdl, args, static_cast<int>(launch.pairs_per_warp),
                        generic_lanes_per_head<T>(p, launch.pairs_per_warp));
