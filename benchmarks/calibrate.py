@@ -3,8 +3,8 @@
 For each head_dim class (64, 128, 256 and the generic kernels, measured at 80) and a ladder of token
 counts, times every forced N in {1, 2, 4, 8}, keeps the fastest, turns the winners into thresholds on
 the pair count, and writes ``jax_qkrope/calibration/sm<major><minor>.json``, which the dispatch reads.
-It then re-times the automatic choice with the new file at every point and reports it against the best
-forced N (the issue asks for auto within 3% everywhere). Also decides up to which pair count
+It then re-times the automatic choice with the new file and the best forced N, in turn, at every point and
+reports one against the other (the issue asks for auto within 3% everywhere). Also decides up to which pair count
 programmatic dependent launch pays off.
 
     python benchmarks/calibrate.py [--quick] [--classes 64 128 256 generic] [--out DIR]
@@ -31,6 +31,7 @@ HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256)
 TOKENS = (1, 16, 128, 1024, 4096, 16384, 65536)
 CHOICES = dispatch.AUTO_CHOICES
 TIE = 0.01  # within 1% of the fastest counts as a tie, won by the earlier choice (more parallelism)
+ROUNDS = 3  # re-timings of auto and of the best forced N in the final check
 
 
 def thresholds_from(points: list[tuple[int, int]]) -> list[list]:
@@ -118,17 +119,29 @@ def main() -> None:
     dispatch.load_calibration.cache_clear()
     print(f"wrote {path}: {json.dumps(table)} pdl_max_pairs={pdl_max_pairs}")
 
-    # Auto with the new calibration vs the best forced N, at every measured point.
-    worst = 0.0
+    # Auto with the new calibration vs the best forced N at every measured point. Where auto issues the very
+    # launch the best forced N does (same kernel, same attributes), it is that N by construction and the
+    # re-timing below only shows the method's noise; elsewhere the two are re-timed in turn, ROUNDS times
+    # each, fastest of each kept, so drift between the sweep and this check does not count against auto.
+    worst = 1.0
     for row in sweep:
         case = Case(tuple(row["heads"]), row["T"], "neox")
         inputs = make_inputs(case)
-        auto = time_forward(case, inputs, qkr.fused)
-        best = min(row["times_us"].values())
-        row["auto_us"], row["auto_over_best"] = auto, auto / best
-        worst = max(worst, auto / best)
-        print(f"auto {row['head_dim_class']:>8} T={row['T']:>6}: {auto:8.2f} us vs best forced {best:8.2f} us "
-              f"({100 * (auto / best - 1):+.1f}%)", flush=True)
+        hq, hk, d = row["heads"]
+        pairs = row["T"] * (hq + hk)
+        auto_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem)
+        same = auto_launch == dispatch.forward_launch(pairs, d, row["best"], facts, case.elem)
+        autos, bests = [], []
+        for _ in range(ROUNDS):
+            autos.append(time_forward(case, inputs, qkr.fused))
+            bests.append(time_choice(case, inputs, row["best"]))
+        auto, best = min(autos), min(bests)
+        row.update(auto_n=auto_launch.pairs_per_warp, same_launch=same, auto_us=auto, best_retimed_us=best,
+                   auto_over_best=1.0 if same else auto / best)
+        worst = max(worst, row["auto_over_best"])
+        print(f"auto {row['head_dim_class']:>8} T={row['T']:>6}: N={auto_launch.pairs_per_warp:<2} {auto:8.2f} us vs "
+              f"best forced N={row['best']:<2} {best:8.2f} us "
+              + ("(identical launch: re-timing noise)" if same else f"({100 * (auto / best - 1):+.1f}%)"), flush=True)
     print(f"worst auto/best over {len(sweep)} points: {worst:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"calibration_sm{major}{minor}_sweep.json").write_text(

@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate256 bench bench_backward examples
-#   quickbench small_t ncu_check variants ncu_detail multigpu
+#   quickbench small_t ncu_check variants ncu_detail multigpu stream_probe
 # Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +72,15 @@ ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned
     gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed \
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_detail.csv" 2> "$OUT/ncu_detail.err"
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_detail.csv"
+}
+stream_probe() {  # standalone: the kernels next to plain copies of the same bytes (no JAX)
+  local dir=/tmp/stream_probe srcs=(benchmarks/stream_probe.cu cpp/cuda/launch.cu cpp/cuda/forward_{bf16,f16,f32}.cu cpp/cuda/backward_{bf16,f16,f32}.cu)
+  mkdir -p "$dir"
+  for src in "${srcs[@]}"; do
+    nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -Icpp -c "$src" -o "$dir/$(basename "$src").o" &
+  done
+  wait
+  nvcc -arch=sm_90 "$dir"/*.o -o "$dir/probe" && "$dir/probe" 2>&1 | tee "$OUT/stream_probe.log"
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 

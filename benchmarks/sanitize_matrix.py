@@ -1,6 +1,7 @@
 """A small, representative matrix of every kernel variant, forward and backward, for compute-sanitizer:
 styles x forced pairs-per-warp x head_dims (tuned, vectorised generic, narrow generic) x full and partial
-rotary x odd token counts, plus the packed layout with and without aliasing. Checks results too.
+rotary x odd token counts, the forward's cos/sin prefetch, plus the packed layout with and without aliasing.
+Checks results too.
 
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
 """
@@ -66,6 +67,20 @@ def main() -> int:
                 err = max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
                 if not err <= 1e-2:  # NaN included
                     print(f"MISMATCH d={d} N=16 {style}: {err}")
+                    return 1
+                worst = max(worst, err)
+        if d in (64, 128, 256):  # the forward's cos/sin prefetch, a few pairs ahead (every warp warms rows)
+            q = jax.random.normal(jax.random.PRNGKey(d), (41, 5, d), jnp.bfloat16)
+            k = jax.random.normal(jax.random.PRNGKey(d + 1), (41, 2, d), jnp.bfloat16)
+            p = jax.random.randint(jax.random.PRNGKey(d + 2), (41,), 0, 100)
+            for n, style in ((1, "neox"), (8, "gptj"), (8, "neox")):
+                with dispatch.override_prefetch(3):
+                    out = jax.jit(lambda q, k, p, s=style, n=n: qkr.fused(q, k, p, style=s, token_heads_per_warp=n))(
+                        q, k, p)
+                expected = ref.fused(q, k, p, style=style)
+                err = max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
+                if not err <= 1e-2:
+                    print(f"MISMATCH d={d} prefetch N={n} {style}: {err}")
                     return 1
                 worst = max(worst, err)
         qkv = jax.random.normal(jax.random.PRNGKey(d), (17, (4 + 2 * 2) * d), jnp.bfloat16)

@@ -27,6 +27,10 @@ FORWARD_WARPS_PER_BLOCK = 4
 BACKWARD_WARPS_PER_BLOCK = 4  # best of the H100 launch-shape sweep for (32, 8, 128) (benchmarks/kernel_variants.py)
 BACKWARD_BLOCKS_PER_SM = 4
 BACKWARD_PAIRS_PER_WARP = 4  # tuned head dims; the generic kernels take one pair at a time
+# The tuned forward kernels warm L2 with the cos/sin rows of the pairs this many head bytes per SM ahead
+# of each warp (about one wave of resident warps): far enough ahead for the rows to arrive before the
+# warps that need them, near enough to stay in L2. From the H100 sweep in benchmarks/stream_probe.cu.
+PREFETCH_BYTES_PER_SM = 40 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +55,18 @@ class Launch:
     pairs_per_warp: int
     warps_per_block: int
     pdl: bool = False
+    prefetch_pairs: int = 0  # 0: off
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
-                    pdl=bool(self.pdl))
+                    pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs))
 
 
 _assumed_facts: list[DeviceFacts] = []
 _pdl_override: list[bool] = []
 _choice_override: list[int] = []
 _backward_override: list[tuple[int, int, int]] = []
+_prefetch_override: list[int] = []
 
 
 @contextlib.contextmanager
@@ -93,6 +99,11 @@ def override_backward(
 ) -> contextlib.AbstractContextManager[None]:
     """Force the backward kernel's launch shape for the calls lowered inside (sweeps)."""
     return _pushed(_backward_override, (pairs_per_warp, warps_per_block, blocks_per_sm))
+
+
+def override_prefetch(pairs: int) -> contextlib.AbstractContextManager[None]:
+    """Force the forward's cos/sin prefetch distance in pairs (0: off) for the calls lowered inside (tests)."""
+    return _pushed(_prefetch_override, pairs)
 
 
 @functools.cache
@@ -137,8 +148,19 @@ def pick_from_thresholds(thresholds, pairs: int) -> int:
     return int(thresholds[-1][1])
 
 
-def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts) -> Launch:
-    """Launch parameters of the forward kernel for num_pairs (token, head) pairs."""
+def prefetch_distance(num_pairs: int, head_dim: int, itemsize: int, facts: DeviceFacts) -> int:
+    """How many pairs ahead the forward warms cos/sin rows in L2; 0 (off) on an unknown device or when no
+    pair lies that far ahead."""
+    if _prefetch_override:
+        return _prefetch_override[-1]
+    if facts.compute_capability is None:
+        return 0
+    ahead = facts.num_sms * PREFETCH_BYTES_PER_SM // (head_dim * itemsize)
+    return ahead if 0 < ahead < num_pairs else 0
+
+
+def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts, itemsize: int) -> Launch:
+    """Launch parameters of the forward kernel for num_pairs (token, head) pairs of itemsize-byte elements."""
     calibration = load_calibration(facts.compute_capability)
     thresholds = DEFAULT_FORWARD_THRESHOLDS
     pdl_max_pairs = 0
@@ -154,7 +176,8 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     pdl = _pdl_override[-1] if _pdl_override else num_pairs <= pdl_max_pairs
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
-    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl)
+    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl,
+                  prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts))
 
 
 def backward_launch(

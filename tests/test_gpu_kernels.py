@@ -59,6 +59,36 @@ def test_forced_pairs_per_warp_forward_and_backward(dtype, head_dim):
             assert_close(a, e, jnp.float32, f"{name} {variant}", scale=scale)
 
 
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("ahead", (1, 37, 1000))
+def test_row_prefetch_leaves_results_unchanged(ahead, dtype, head_dim):
+    """The forward's L2 warm-up of cos/sin rows `ahead` pairs on is only a hint: at distances shorter than a
+    warp, a few tokens and most of the call, every N, style, cache dtype and a cache-free table (nothing to
+    warm) still give the reference's results."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + ahead), 5)
+    tokens = (301,)
+    q = random_heads(keys[0], tokens, 7, head_dim, dtype)
+    k = random_heads(keys[1], tokens, 3, head_dim, dtype)
+    w = random_weight(keys[2], head_dim, dtype)
+    positions = random_positions(keys[3], tokens, 4999)
+    caches = {c: qkr.rope_cos_sin_cache(4999, head_dim, dtype=c) for c in (jnp.float32, jnp.bfloat16)}
+    variants = [(n, s, c) for n in (1, 2, 8, 16) for s in ("neox", "gptj") for c in (jnp.float32, jnp.bfloat16, None)]
+
+    def call(q, k, n, style, cache):
+        return qkr.fused(q, k, positions, w, w, style=style, cos_sin_cache=cache, token_heads_per_warp=n)
+
+    with dispatch.override_prefetch(ahead):
+        for n, style, cache_dtype in variants:
+            cache = None if cache_dtype is None else caches[cache_dtype]
+            # A fresh jit per variant, lowered under the override (16 pairs is an auto-only choice).
+            with dispatch.override_choice(n) if n == 16 else contextlib.nullcontext():
+                out = jax.jit(functools.partial(call, n=None if n == 16 else n, style=style, cache=cache))(q, k)
+            expected = ref.fused(q, k, positions, w, w, style=style, cos_sin_cache=cache)
+            for a, e in zip(out, expected, strict=True):
+                assert_close(a, e.astype(dtype), dtype, f"ahead {ahead} N={n} {style} cache {cache_dtype}")
+
+
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_sixteen_pairs_per_warp(dtype, head_dim):

@@ -38,14 +38,26 @@ def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
     p = jax.ShapeDtypeStruct((tokens,), jnp.int32)
     with dispatch.assume_device(facts):
         text = cuda_text(lambda q, k, p: qkr.fused(q, k, p), q, k, p)
-    expected = dispatch.forward_launch(tokens * (hq + hk), d, None, facts)
+    expected = dispatch.forward_launch(tokens * (hq + hk), d, None, facts, 2)
     assert attribute(text, "qkrope_fwd", "pairs_per_warp") == f"{expected.pairs_per_warp} : i64"
     assert attribute(text, "qkrope_fwd", "warps_per_block") == f"{expected.warps_per_block} : i64"
     assert attribute(text, "qkrope_fwd", "rotary_dim") == f"{d} : i64"
+    assert attribute(text, "qkrope_fwd", "prefetch_pairs") == f"{expected.prefetch_pairs} : i64"
     if facts is dispatch.UNKNOWN_GPU:  # the conservative default table
         assert expected.pairs_per_warp == dispatch.pick_from_thresholds(
             dispatch.DEFAULT_FORWARD_THRESHOLDS, tokens * (hq + hk))
         assert attribute(text, "qkrope_fwd", "pdl") == "false"
+
+
+def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():
+    # 132 SMs x 40 KiB of 256-byte heads; off when no pair lies that far ahead or the device is unknown.
+    assert dispatch.prefetch_distance(65536 * 40, 128, 2, H100) == 132 * 40 * 1024 // 256
+    assert dispatch.prefetch_distance(65536 * 40, 64, 4, H100) == 132 * 40 * 1024 // 256
+    assert dispatch.prefetch_distance(1024 * 40, 256, 2, H100) == 132 * 40 * 1024 // 512
+    assert dispatch.prefetch_distance(16 * 40, 128, 2, H100) == 0
+    assert dispatch.prefetch_distance(65536 * 40, 128, 2, dispatch.UNKNOWN_GPU) == 0
+    with dispatch.override_prefetch(5):
+        assert dispatch.prefetch_distance(16, 128, 2, dispatch.UNKNOWN_GPU) == 5
 
 
 @needs_cuda_build

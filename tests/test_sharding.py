@@ -144,8 +144,8 @@ def test_dispatch_sees_per_shard_token_counts(mesh):
     positions = jnp.arange(tokens, dtype=jnp.int32)
     flat = Mesh(mesh.devices.reshape(-1), ("all",))
     facts = dispatch.UNKNOWN_GPU
-    whole = dispatch.forward_launch(tokens * (HQ + HK), D, None, facts).pairs_per_warp
-    shard = dispatch.forward_launch(tokens // n * (HQ + HK), D, None, facts).pairs_per_warp
+    whole = dispatch.forward_launch(tokens * (HQ + HK), D, None, facts, 2).pairs_per_warp
+    shard = dispatch.forward_launch(tokens // n * (HQ + HK), D, None, facts, 2).pairs_per_warp
     assert whole != shard, "pick a shape whose choice changes with the shard size"
     spec = NamedSharding(flat, P("all"))
     with dispatch.assume_device(facts):

@@ -19,7 +19,7 @@ enum class Style : int32_t { kNeox = 0, kGptj = 1 };
 
 enum class ElemType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
-inline int elem_bytes(ElemType t) { return t == ElemType::kF32 ? 4 : 2; }
+QKROPE_HD int elem_bytes(ElemType t) { return t == ElemType::kF32 ? 4 : 2; }
 
 // One group of heads laid out token-major: head h of token t starts at
 // base + t * token_stride + h * head_dim (all in elements of the q/k dtype).
@@ -69,6 +69,9 @@ struct Launch {
   int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4, 8 (16: auto dispatch only)
   int32_t warps_per_block = 4;  // 1..8
   bool pdl = false;             // programmatic dependent launch (overlap with the previous kernel)
+  // Forward: each warp warms L2 with the positions and cos/sin rows of the pairs this far ahead of its
+  // own (0: off), so later warps do not wait on two dependent DRAM round trips before rotating.
+  int32_t prefetch_pairs = 0;
 };
 
 // Backward extras: float32 weight gradients, reduced deterministically from per-block partials.

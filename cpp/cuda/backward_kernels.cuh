@@ -45,12 +45,14 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
   extern __shared__ float red[];  // [warps][2][D]
+  __shared__ float scale[2][D];
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
   const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
   const ExampleSpan span(p, o);
   const int64_t tasks = (span.end - span.begin + N - 1) / N;
   const bool want_dw = wants_dweight(p);
+  stage_scales<D>(p, &scale[0][0]);  // once per block: no weight round trip per pair
 
   float acc_q[SL][C] = {}, acc_k[SL][C] = {};
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
@@ -96,14 +98,13 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
       const float r = rsqrtf(group_sum<L>(sumsq) / static_cast<float>(D) + p.eps);
       float u[SL][C];
       float dot = 0.0f;
+      const float* w = scale[at.group[i] & 1];
 #pragma unroll
       for (int s = 0; s < SL; ++s) {
-        float w[C];
-        load_scale<C>(p, at.group[i], Lay::chunk_start(s, gl), a.weight_vec, w);
 #pragma unroll
         for (int j = 0; j < C; ++j) {
           x[s][j] *= r;  // xhat from here on
-          u[s][j] = g[s][j] * w[j];
+          u[s][j] = g[s][j] * w[Lay::chunk_start(s, gl) + j];
           dot += u[s][j] * x[s][j];
         }
       }

@@ -23,6 +23,7 @@ struct KernelArgs {
   bool table_vec;   // cos/sin rows (or inv_freq) are 16-byte aligned everywhere a lane reads a run
   bool weight_vec;  // both weights (where present) are 16-byte aligned
   bool pdl;        // wait for the previous kernel through programmatic dependent launch
+  int32_t prefetch_pairs;  // see Launch::prefetch_pairs
 };
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -172,6 +173,17 @@ __device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t 
   for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
 }
 
+// Fills scale[g * D + e] with element e of weight g's scale (weight_offset + w, or 1 without a weight),
+// cooperatively over the block, then synchronises it. Every thread of the block calls it.
+template <int D>
+__device__ __forceinline__ void stage_scales(const Problem& p, float* scale) {
+  for (int t = threadIdx.x; t < 2 * D; t += blockDim.x) {
+    const void* w = p.weight[t / D];
+    scale[t] = w == nullptr ? 1.0f : load_scalar(w, p.weight_dtype[t / D], t % D) + p.weight_offset;
+  }
+  __syncthreads();
+}
+
 // cos/sin of K consecutive rotary pairs [first, first + K) of one token. Pairs at or past rotary_dim / 2
 // get the identity rotation (cos 1, sin 0), which leaves the pass-through dims unchanged.
 template <int K>
@@ -249,6 +261,46 @@ struct PairCursor {
       ++token;
     }
   }
+};
+
+// Warms L2 with the position and the cos/sin row of each token whose head-0 pair lies in
+// [first, first + count), for warps that reach those tokens later: their position -> row chain then
+// hits L2 instead of costing two dependent DRAM round trips, the wait that otherwise keeps a streaming
+// kernel well below copy bandwidth. In two steps so the position load overlaps the caller's own work:
+// begin() loads it, finish() issues the prefetches once it has arrived. Every lane calls both.
+class RowPrefetch {
+ public:
+  __device__ __forceinline__ void begin(const Problem& p, int64_t first, int count) {
+    if (!p.table.is_cache || first >= p.total_pairs()) return;
+    const int heads = p.total_heads();
+    const PairCursor start(first, heads);
+    const int64_t last_pair = first + count - 1 < p.total_pairs() ? first + count - 1 : p.total_pairs() - 1;
+    const int64_t t_first = start.head == 0 ? start.token : start.token + 1;
+    const int64_t t_last = PairCursor(last_pair, heads).token;  // the head-0 pair of t_last is <= last_pair
+    const int row_bytes = p.rotary_dim * elem_bytes(p.table.dtype);
+    const int lines = row_bytes / kLine + 1;  // a row straddles at most this many 128-byte lines
+    const int lane = threadIdx.x % kWarp;
+    const int64_t token = t_first + lane / lines;
+    if (lane / lines >= kWarp / lines || token > t_last) return;
+    line_ = lane % lines;
+    position_ = load_position(p, token);
+    active_ = true;
+  }
+
+  __device__ __forceinline__ void finish(const Problem& p) const {
+    if (!active_) return;
+    const int64_t row_bytes = static_cast<int64_t>(p.rotary_dim) * elem_bytes(p.table.dtype);
+    const uintptr_t row = reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_, p.table.rows) * row_bytes;
+    const uintptr_t line = (row & ~static_cast<uintptr_t>(kLine - 1)) + static_cast<uintptr_t>(line_) * kLine;
+    if (line >= row + row_bytes) return;  // the row ends before this lane's line
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+  }
+
+ private:
+  static constexpr int kLine = 128;
+  int64_t position_ = 0;
+  int line_ = 0;
+  bool active_ = false;
 };
 
 }  // namespace qkrope::cuda

@@ -71,6 +71,11 @@ template <typename T, int D, int N, Style S>
 __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
+  // Several pairs per lane group: the block stages both weights in shared memory once (per-pair weight
+  // loads after the norm were a dependent round trip in every warp's critical path). One pair: its
+  // weights load into registers with its data, with no block barrier (a block then covers few pairs).
+  constexpr bool kStaged = I > 1;
+  __shared__ float scale[kStaged ? 2 : 1][kStaged ? D : 1];
   const Problem& p = a.p;
   const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
@@ -98,17 +103,23 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       }
     }
   }
-
-  // One pair per lane group (the small-N launches of small, latency-bound calls): its weights load
-  // alongside its data rather than after the norm, one dependent round trip fewer.
-  float w_early[SL][C];
-  if constexpr (I == 1) {
+  float w_early[kStaged ? 1 : SL][C];
+  if constexpr (!kStaged) {
 #pragma unroll
     for (int s = 0; s < SL; ++s) load_scale<C>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
   }
-
+  RowPrefetch ahead;
+  if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
+  // The first token's cos/sin before any block barrier (staged weights), so its position -> row chain
+  // overlaps the data loads rather than starting after them.
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
+  if (at.valid[0] && at.group[0] < 2) {
+    load_tuned_angles<Lay>(a, position[0], gl, cs, sn);
+    angles_token = at.token[0];
+  }
+  if constexpr (kStaged) stage_scales<D>(p, &scale[0][0]);
+
 #pragma unroll
   for (int i = 0; i < I; ++i) {
     if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
@@ -136,15 +147,16 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
     const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
-      float w[C];
-      if constexpr (I == 1) {
 #pragma unroll
-        for (int j = 0; j < C; ++j) w[j] = w_early[s][j];
-      } else {
-        load_scale<C>(p, at.group[i], Lay::chunk_start(s, gl), a.weight_vec, w);
+      for (int j = 0; j < C; ++j) {
+        float w;
+        if constexpr (kStaged) {
+          w = scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j];
+        } else {
+          w = w_early[s][j];
+        }
+        v[s][j] = v[s][j] * r * w;
       }
-#pragma unroll
-      for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * w[j];
     }
     rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
 #pragma unroll
@@ -155,6 +167,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       out.store(dst + Lay::chunk_start(s, gl));
     }
   }
+  ahead.finish(p);
 }
 
 // ---------------------------------------------------------------------------------------------------

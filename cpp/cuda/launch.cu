@@ -34,6 +34,7 @@ KernelArgs make_args(const Problem& p, const Launch& launch) {
   KernelArgs a;
   a.p = p;
   a.pdl = launch.pdl;
+  a.prefetch_pairs = launch.prefetch_pairs;
   const int64_t table_elem = elem_bytes(p.table.dtype);
   const bool half_row_aligned = (static_cast<int64_t>(p.rotary_dim / 2) * table_elem) % 16 == 0;
   a.table_vec = aligned16(p.table.data) && (!p.table.is_cache || half_row_aligned);

@@ -1,6 +1,7 @@
 #include "ffi/decode.h"
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 namespace qkrope::ffi_decode {
@@ -65,13 +66,14 @@ ffi::Error get_attr(const ffi::Dictionary& attrs, const char* name, T* value) {
 
 // Attributes common to all four targets.
 ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) {
-  int64_t style = 0, rotary_dim = 0, pairs_per_warp = 0, warps_per_block = 0;
+  int64_t style = 0, rotary_dim = 0, pairs_per_warp = 0, warps_per_block = 0, prefetch_pairs = 0;
   float eps = 0.0f, weight_offset = 0.0f;
   bool pdl = false;
   for (ffi::Error e : {get_attr(attrs, "style", &style), get_attr(attrs, "rotary_dim", &rotary_dim),
                        get_attr(attrs, "eps", &eps), get_attr(attrs, "weight_offset", &weight_offset),
                        get_attr(attrs, "pairs_per_warp", &pairs_per_warp),
-                       get_attr(attrs, "warps_per_block", &warps_per_block), get_attr(attrs, "pdl", &pdl)}) {
+                       get_attr(attrs, "warps_per_block", &warps_per_block), get_attr(attrs, "pdl", &pdl),
+                       get_attr(attrs, "prefetch_pairs", &prefetch_pairs)}) {
     if (e.failure()) return e;
   }
   if (style != 0 && style != 1) return invalid("style must be 0 (neox) or 1 (gptj), got " + std::to_string(style));
@@ -82,6 +84,7 @@ ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) 
     return invalid("pairs_per_warp must be 1, 2, 4, 8 or 16, got " + std::to_string(pairs_per_warp));
   }
   if (warps_per_block < 1 || warps_per_block > 8) return invalid("warps_per_block must be in [1, 8]");
+  if (prefetch_pairs < 0 || prefetch_pairs > INT32_MAX) return invalid("prefetch_pairs must be in [0, 2^31)");
   p.style = static_cast<Style>(style);
   p.rotary_dim = static_cast<int32_t>(rotary_dim);
   p.eps = eps;
@@ -89,6 +92,7 @@ ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) 
   launch.pairs_per_warp = static_cast<int32_t>(pairs_per_warp);
   launch.warps_per_block = static_cast<int32_t>(warps_per_block);
   launch.pdl = pdl;
+  launch.prefetch_pairs = static_cast<int32_t>(prefetch_pairs);
   if (rotary_dim < 2 || rotary_dim % 2 != 0) return invalid("rotary_dim must be even and >= 2");
   return ffi::Error::Success();
 }

@@ -1,0 +1,324 @@
+// Where the large-T time of the shipped kernels goes, measured next to plain copies of the same bytes.
+//
+// Standalone (no JAX): builds the library's kernels for bf16 directly and times each variant with CUDA
+// events (median of repeats, a run of back-to-back launches each). Every variant moves the bytes of
+// heads (32, 8, 128) bf16 at T tokens: q and k read and written (ping-pong buffers, as in a chain of
+// calls), plus what the variant itself reads. Build and run: benchmarks/device_run.sh stream_probe.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include "cuda/launch.h"
+
+namespace qk = qkrope::cuda;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+constexpr int kHq = 32, kHk = 8, kD = 128, kRows = 65536;
+
+// Streaming (evict-first) loads and stores, the hints a pure copy may want.
+__device__ __forceinline__ uint4 load_word(const uint4* p, bool stream) { return stream ? __ldcs(p) : *p; }
+__device__ __forceinline__ void store_word(uint4* p, uint4 v, bool stream) {
+  if (stream) {
+    __stcs(p, v);
+  } else {
+    *p = v;
+  }
+}
+
+// Each warp copies kWarpBytes contiguous bytes of one of two arrays: every load issued, then every store.
+template <int kWarpBytes, bool kStream>
+__global__ void copy_warp_runs(const uint4* a, uint4* a_out, int64_t a_words, const uint4* b, uint4* b_out,
+                               int64_t b_words) {
+  constexpr int kPerLane = kWarpBytes / 16 / 32;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  int64_t first = warp * (kWarpBytes / 16);
+  const uint4* src = a;
+  uint4* dst = a_out;
+  int64_t words = a_words;
+  if (first >= a_words) {
+    first -= a_words;
+    src = b;
+    dst = b_out;
+    words = b_words;
+  }
+  uint4 r[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int64_t idx = first + i * 32 + lane;
+    r[i] = idx < words ? load_word(src + idx, kStream) : uint4{};
+  }
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int64_t idx = first + i * 32 + lane;
+    if (idx < words) store_word(dst + idx, r[i], kStream);
+  }
+}
+
+// A persistent grid striding over both arrays, four words per thread per step.
+__global__ void copy_grid_stride(const uint4* a, uint4* a_out, int64_t a_words, const uint4* b, uint4* b_out,
+                                 int64_t b_words) {
+  const int64_t total = a_words + b_words;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * 4 + threadIdx.x; base < total;
+       base += stride * 4) {
+    uint4 r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t idx = base + i * blockDim.x;
+      if (idx < total) r[i] = idx < a_words ? a[idx] : b[idx - a_words];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t idx = base + i * blockDim.x;
+      if (idx < total) {
+        if (idx < a_words) {
+          a_out[idx] = r[i];
+        } else {
+          b_out[idx - a_words] = r[i];
+        }
+      }
+    }
+  }
+}
+
+struct Buffers {
+  int64_t tokens;
+  bf16 *q[2], *k[2], *dq, *dk;
+  float *table, *inv_freq, *weight, *dweight, *partials;
+  int32_t *pos_random, *pos_sequential, *pos_zero;
+  size_t q_bytes() const { return static_cast<size_t>(tokens) * kHq * kD * sizeof(bf16); }
+  size_t k_bytes() const { return static_cast<size_t>(tokens) * kHk * kD * sizeof(bf16); }
+};
+
+Buffers make_buffers(int64_t tokens) {
+  Buffers b{};
+  b.tokens = tokens;
+  for (int i = 0; i < 2; ++i) {
+    check(cudaMalloc(&b.q[i], b.q_bytes()), "malloc q");
+    check(cudaMalloc(&b.k[i], b.k_bytes()), "malloc k");
+    check(cudaMemset(b.q[i], 0x3c, b.q_bytes()), "memset q");  // bf16 0x3c3c: about 0.0115, finite
+    check(cudaMemset(b.k[i], 0x3c, b.k_bytes()), "memset k");
+  }
+  check(cudaMalloc(&b.dq, b.q_bytes()), "malloc dq");
+  check(cudaMalloc(&b.dk, b.k_bytes()), "malloc dk");
+  check(cudaMemset(b.dq, 0x3c, b.q_bytes()), "memset dq");
+  check(cudaMemset(b.dk, 0x3c, b.k_bytes()), "memset dk");
+  check(cudaMalloc(&b.table, sizeof(float) * kRows * kD), "malloc table");
+  check(cudaMemset(b.table, 0, sizeof(float) * kRows * kD), "memset table");
+  check(cudaMalloc(&b.inv_freq, sizeof(float) * kD / 2), "malloc inv_freq");
+  check(cudaMemset(b.inv_freq, 0, sizeof(float) * kD / 2), "memset inv_freq");
+  std::vector<bf16> w(kD, __float2bfloat16(1.0f));
+  check(cudaMalloc(&b.weight, sizeof(bf16) * kD), "malloc weight");
+  check(cudaMemcpy(b.weight, w.data(), sizeof(bf16) * kD, cudaMemcpyHostToDevice), "copy weight");
+  check(cudaMalloc(&b.dweight, sizeof(float) * 2 * kD), "malloc dweight");
+  check(cudaMalloc(&b.partials, sizeof(float) * 2 * kD * 132 * 16), "malloc partials");
+  std::vector<int32_t> random(tokens), sequential(tokens), zero(tokens, 0);
+  std::mt19937 gen(0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    random[t] = static_cast<int32_t>(gen() % kRows);
+    sequential[t] = static_cast<int32_t>(t % kRows);
+  }
+  int32_t** dsts[3] = {&b.pos_random, &b.pos_sequential, &b.pos_zero};
+  const std::vector<int32_t>* srcs[3] = {&random, &sequential, &zero};
+  for (int i = 0; i < 3; ++i) {
+    check(cudaMalloc(dsts[i], sizeof(int32_t) * tokens), "malloc positions");
+    check(cudaMemcpy(*dsts[i], srcs[i]->data(), sizeof(int32_t) * tokens, cudaMemcpyHostToDevice), "copy positions");
+  }
+  return b;
+}
+
+void free_buffers(Buffers& b) {
+  for (int i = 0; i < 2; ++i) {
+    cudaFree(b.q[i]);
+    cudaFree(b.k[i]);
+  }
+  for (void* p : {static_cast<void*>(b.dq), static_cast<void*>(b.dk), static_cast<void*>(b.table),
+                  static_cast<void*>(b.inv_freq), static_cast<void*>(b.weight), static_cast<void*>(b.dweight),
+                  static_cast<void*>(b.partials), static_cast<void*>(b.pos_random),
+                  static_cast<void*>(b.pos_sequential), static_cast<void*>(b.pos_zero)}) {
+    cudaFree(p);
+  }
+}
+
+// Median per-launch microseconds of `launch(i)` over 9 repeats of `reps` back-to-back launches.
+float time_us(const std::function<void(int)>& launch, int reps) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  for (int i = 0; i < 3; ++i) launch(i);
+  std::vector<float> per_call;
+  for (int r = 0; r < 9; ++r) {
+    check(cudaEventRecord(start), "record");
+    for (int i = 0; i < reps; ++i) launch(i);
+    check(cudaEventRecord(stop), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    check(cudaGetLastError(), "launch");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    per_call.push_back(1000.0f * ms / reps);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(per_call.begin(), per_call.end());
+  return per_call[per_call.size() / 2];
+}
+
+qkrope::Problem forward_problem(const Buffers& b, int i, const int32_t* positions, bool cache, bool weights,
+                                qkrope::Style style) {
+  qkrope::Problem p;
+  p.group[0] = {b.q[i % 2], b.q[(i + 1) % 2], nullptr, kHq * kD, kHq};
+  p.group[1] = {b.k[i % 2], b.k[(i + 1) % 2], nullptr, kHk * kD, kHk};
+  p.weight[0] = weights ? b.weight : nullptr;
+  p.weight[1] = weights ? b.weight : nullptr;
+  p.weight_dtype[0] = p.weight_dtype[1] = qkrope::ElemType::kBF16;
+  p.positions = positions;
+  p.table = {cache ? static_cast<const void*>(b.table) : b.inv_freq, qkrope::ElemType::kF32, cache, kRows};
+  p.num_tokens = b.tokens;
+  p.head_dim = p.rotary_dim = kD;
+  p.style = style;
+  p.dtype = qkrope::ElemType::kBF16;
+  return p;
+}
+
+void report(const char* name, int64_t tokens, double bytes, float us, double copy_gbps) {
+  const double gbps = bytes / (us * 1e3);
+  std::printf("%-40s T=%6lld %10.2f us %8.1f GB/s %6.1f%% of memcpy\n", name, static_cast<long long>(tokens), us, gbps,
+              copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 100.0);
+}
+
+void probe(int64_t tokens, int sms) {
+  Buffers b = make_buffers(tokens);
+  const int reps = tokens >= 65536 ? 20 : (tokens >= 4096 ? 80 : 200);
+  const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
+  const double fwd_bytes = qk_bytes + tokens * (kD * sizeof(float) + sizeof(int32_t));
+
+  const float memcpy_us = time_us(
+      [&](int i) {
+        check(cudaMemcpyAsync(b.q[(i + 1) % 2], b.q[i % 2], b.q_bytes(), cudaMemcpyDeviceToDevice), "memcpy q");
+        check(cudaMemcpyAsync(b.k[(i + 1) % 2], b.k[i % 2], b.k_bytes(), cudaMemcpyDeviceToDevice), "memcpy k");
+      },
+      reps);
+  const double copy_gbps = qk_bytes / (memcpy_us * 1e3);
+  report("memcpy q and k", tokens, qk_bytes, memcpy_us, copy_gbps);
+
+  const int64_t qw = static_cast<int64_t>(b.q_bytes() / 16), kw = static_cast<int64_t>(b.k_bytes() / 16);
+  const auto copy_kernel = [&](const char* name, auto kernel, int warp_bytes, int block) {
+    const int64_t warps = (qw + kw) * 16 / warp_bytes;
+    const unsigned grid = static_cast<unsigned>((warps * 32 + block - 1) / block);
+    const float us = time_us(
+        [&](int i) {
+          kernel<<<grid, block>>>(reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]),
+                                  qw, reinterpret_cast<const uint4*>(b.k[i % 2]),
+                                  reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
+        },
+        reps);
+    report(name, tokens, qk_bytes, us, copy_gbps);
+  };
+  copy_kernel("copy, 1 KiB per warp", copy_warp_runs<1024, false>, 1024, 128);
+  copy_kernel("copy, 2 KiB per warp (ours at N=8)", copy_warp_runs<2048, false>, 2048, 128);
+  copy_kernel("copy, 4 KiB per warp", copy_warp_runs<4096, false>, 4096, 128);
+  copy_kernel("copy, 2 KiB per warp, streaming hints", copy_warp_runs<2048, true>, 2048, 128);
+  {
+    const float us = time_us(
+        [&](int i) {
+          copy_grid_stride<<<sms * 8, 256>>>(reinterpret_cast<const uint4*>(b.q[i % 2]),
+                                             reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), qw,
+                                             reinterpret_cast<const uint4*>(b.k[i % 2]),
+                                             reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
+        },
+        reps);
+    report("copy, persistent grid stride", tokens, qk_bytes, us, copy_gbps);
+  }
+
+  // The forward as dispatched (rows warmed a wave ahead: dispatch.PREFETCH_BYTES_PER_SM) and what each
+  // of its reads costs: no prefetch, positions all 0 (the row chain always hits), no weights, no table.
+  const int ahead = sms * 40 * 1024 / static_cast<int>(kD * sizeof(bf16));
+  struct FwdVariant {
+    std::string name;
+    const int32_t* positions;
+    bool cache, weights;
+    int pairs, prefetch_pairs;
+    qkrope::Style style;
+  };
+  const qkrope::Style neox = qkrope::Style::kNeox, gptj = qkrope::Style::kGptj;
+  std::vector<FwdVariant> fwd;
+  for (int n : {4, 8, 16}) {
+    for (qkrope::Style style : {neox, gptj}) {
+      const std::string tag = std::string("forward ") + (style == neox ? "neox" : "gptj") + " N=" + std::to_string(n);
+      fwd.push_back({tag, b.pos_random, true, true, n, ahead, style});
+      if (n != 8 || style != neox) continue;
+      fwd.push_back({tag + ", no prefetch", b.pos_random, true, true, n, 0, style});
+      fwd.push_back({tag + ", positions all 0", b.pos_zero, true, true, n, ahead, style});
+      fwd.push_back({tag + ", no weights", b.pos_random, true, false, n, ahead, style});
+      fwd.push_back({tag + ", cache-free", b.pos_random, false, true, n, ahead, style});
+    }
+  }
+  for (const FwdVariant& v : fwd) {
+    const qkrope::Launch launch{v.pairs, 4, false, v.prefetch_pairs};
+    const float us = time_us(
+        [&](int i) {
+          check(qk::forward(forward_problem(b, i, v.positions, v.cache, v.weights, v.style), launch, nullptr),
+                "forward");
+        },
+        reps);
+    report(v.name.c_str(), tokens, fwd_bytes, us, copy_gbps);
+  }
+
+  // Backward: x and dy read, dx written (q and k), cos/sin rows and positions read; with and without
+  // the weight gradients (their partials and the reduction kernel).
+  const double bwd_bytes = 1.5 * qk_bytes + tokens * (kD * sizeof(float) + sizeof(int32_t));
+  for (int blocks_per_sm : {2, 4}) {
+    for (bool weights : {true, false}) {
+      const int warps = 16 / blocks_per_sm;
+      qkrope::BackwardOutputs o;
+      o.dweight[0] = weights ? b.dweight : nullptr;
+      o.dweight[1] = weights ? b.dweight + kD : nullptr;
+      o.partials = b.partials;
+      o.blocks_per_example = static_cast<int64_t>(sms) * blocks_per_sm;
+      const qkrope::Launch launch{4, warps, false, 0};
+      const float us = time_us(
+          [&](int i) {
+            qkrope::Problem p = forward_problem(b, i, b.pos_random, true, weights, neox);
+            p.group[0].grad = b.dq;
+            p.group[1].grad = b.dk;
+            check(qk::backward(p, o, launch, nullptr), "backward");
+          },
+          reps);
+      const std::string name = "backward neox N=4 w" + std::to_string(warps) + " b/SM " + std::to_string(blocks_per_sm) +
+                               (weights ? "" : ", no weights");
+      report(name.c_str(), tokens, bwd_bytes, us, copy_gbps);
+    }
+  }
+  free_buffers(b);
+}
+
+}  // namespace
+
+int main() {
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, 0), "properties");
+  std::printf("%s, %d SMs; heads (%d, %d, %d) bf16, f32 cos/sin table of %d rows\n", prop.name, sms, kHq, kHk, kD,
+              kRows);
+  for (int64_t tokens : {4096, 16384, 65536}) probe(tokens, sms);
+  return 0;
+}

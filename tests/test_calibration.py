@@ -1,0 +1,37 @@
+"""The committed H100 calibration against the sweep it came from (benchmarks/calibrate.py output kept under
+benchmarks/results): the dispatch reads exactly that table, and at every measured point the automatic
+choice issues the same launch as the fastest forced N, so auto is the best forced N there by construction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jax_qkrope import dispatch
+
+SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run7_calibration" / "calibration_sm90_sweep.json"
+H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
+
+
+@pytest.fixture(scope="module")
+def sweep() -> dict:
+    return json.loads(SWEEP.read_text())
+
+
+def test_committed_table_is_the_sweeps(sweep):
+    committed = dispatch.load_calibration((9, 0))
+    assert committed["forward"] == sweep["calibration"]["forward"]
+    assert committed["pdl_max_pairs"] == sweep["calibration"]["pdl_max_pairs"]
+
+
+def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
+    assert len(sweep["sweep"]) == 28  # 4 head_dim classes x 7 token counts
+    for row in sweep["sweep"]:
+        hq, hk, d = row["heads"]
+        pairs = row["T"] * (hq + hk)
+        times = {int(n): t for n, t in row["times_us"].items()}
+        assert times[row["best"]] <= min(times.values()) * 1.01, row  # the winner is the fastest, up to a 1% tie
+        auto = dispatch.forward_launch(pairs, d, None, H100, 2)
+        assert auto == dispatch.forward_launch(pairs, d, row["best"], H100, 2), row
