@@ -69,8 +69,9 @@ struct Launch {
   int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4, 8 (16: auto dispatch only)
   int32_t warps_per_block = 4;  // 1..8
   bool pdl = false;             // programmatic dependent launch (overlap with the previous kernel)
-  // Forward: each warp warms L2 with the positions and cos/sin rows of the pairs this far ahead of its
-  // own (0: off), so later warps do not wait on two dependent DRAM round trips before rotating.
+  // Tuned forward kernels: each warp warms L2 with the positions and cos/sin rows of the pairs this far
+  // ahead of its own (0: off), so later warps do not wait on two dependent DRAM round trips before
+  // rotating. The generic kernels ignore it.
   int32_t prefetch_pairs = 0;
 };
 
