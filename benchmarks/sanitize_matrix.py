@@ -27,6 +27,11 @@ def rel(a, e) -> float:
     return float(np.max(np.abs(a - e)) / max(np.max(np.abs(e)), 1e-30)) if a.size else 0.0
 
 
+def rel_outputs(out, expected) -> float:
+    """The worse relative error of the (q, k) outputs against the reference's."""
+    return max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
+
+
 def main() -> int:
     worst = 0.0
     for d in HEAD_DIMS:
@@ -50,7 +55,7 @@ def main() -> int:
 
             for (n, s, r), (out, grads) in zip(variants, run(q, k, w, p), strict=True):
                 expected = ref.fused(q, k, p, w, w, style=s, rotary_dim=r)
-                err = max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
+                err = rel_outputs(out, expected)
                 assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
                 worst = max(worst, err)
                 if not err <= 1e-2:
@@ -64,7 +69,7 @@ def main() -> int:
                 with dispatch.override_choice(16):
                     out = jax.jit(lambda q, k, p, s=style: qkr.fused(q, k, p, style=s))(q, k, p)
                 expected = ref.fused(q, k, p, style=style)
-                err = max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
+                err = rel_outputs(out, expected)
                 if not err <= 1e-2:  # NaN included
                     print(f"MISMATCH d={d} N=16 {style}: {err}")
                     return 1
@@ -78,7 +83,7 @@ def main() -> int:
                     out = jax.jit(lambda q, k, p, s=style, n=n: qkr.fused(q, k, p, style=s, token_heads_per_warp=n))(
                         q, k, p)
                 expected = ref.fused(q, k, p, style=style)
-                err = max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
+                err = rel_outputs(out, expected)
                 if not err <= 1e-2:
                     print(f"MISMATCH d={d} prefetch N={n} {style}: {err}")
                     return 1
