@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate256 bench bench_backward examples
-#   quickbench small_t ncu_check variants ncu_detail multigpu stream_probe
+#   quickbench small_t ncu_check variants ncu_detail multigpu stream_probe probe_regs probe_variants
 # Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,14 +73,59 @@ ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_detail.csv" 2> "$OUT/ncu_detail.err"
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_detail.csv"
 }
-stream_probe() {  # standalone: the kernels next to plain copies of the same bytes (no JAX)
-  local dir=/tmp/stream_probe srcs=(benchmarks/stream_probe.cu cpp/cuda/launch.cu cpp/cuda/forward_{bf16,f16,f32}.cu cpp/cuda/backward_{bf16,f16,f32}.cu)
+# The standalone probe (benchmarks/stream_probe.cu: the kernels next to plain copies, no JAX), built into
+# $1 with extra nvcc flags $2 (ptxas register report in $1/ptxas.log).
+build_probe() {
+  local dir=$1 flags=$2 srcs=(benchmarks/stream_probe.cu cpp/cuda/launch.cu cpp/cuda/forward_{bf16,f16,f32}.cu cpp/cuda/backward_{bf16,f16,f32}.cu)
   mkdir -p "$dir"
   for src in "${srcs[@]}"; do
-    nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -Icpp -c "$src" -o "$dir/$(basename "$src").o" &
+    # shellcheck disable=SC2086
+    nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -Icpp -Xptxas -v $flags -c "$src" \
+      -o "$dir/$(basename "$src").o" 2> "$dir/ptxas_$(basename "$src").log" &
   done
   wait
-  nvcc -arch=sm_90 "$dir"/*.o -o "$dir/probe" && "$dir/probe" 2>&1 | tee "$OUT/stream_probe.log"
+  nvcc -arch=sm_90 "$dir"/*.o -o "$dir/probe"
+}
+stream_probe() {  # PROBE_MODE: all (default), shapes, occupancy or small
+  local mode=${PROBE_MODE:-all}
+  build_probe /tmp/stream_probe "" && /tmp/stream_probe/probe "$mode" 2>&1 | tee "$OUT/stream_probe_$mode.log"
+}
+# Register limits against occupancy: every head shape's forward built as shipped and with the tuned
+# forward's launch bounds asking for 4 or 5 blocks of 256 threads per SM (at most 64 / 48 registers;
+# -maxrregcount is ignored where launch bounds are given), from a patched copy of cpp/; the copy with
+# capped warps per SM; small T under graph replay.
+probe_regs() {
+  local b
+  for b in default 4 5; do
+    rm -rf "/tmp/src_$b" && mkdir -p "/tmp/src_$b" && cp -r cpp benchmarks "/tmp/src_$b/"
+    [ "$b" != default ] && sed -i "s/__launch_bounds__(kMaxThreads) forward_tuned_kernel/__launch_bounds__(kMaxThreads, $b) forward_tuned_kernel/" \
+      "/tmp/src_$b/cpp/cuda/forward_kernels.cuh"
+    (cd "/tmp/src_$b" && build_probe "/tmp/probe_$b" "") &
+  done
+  wait
+  for b in default 4 5; do
+    cp "/tmp/probe_$b/ptxas_forward_bf16.cu.log" "$OUT/ptxas_forward_bf16_$b.log"
+    "/tmp/probe_$b/probe" shapes 2>&1 | tee "$OUT/probe_shapes_$b.log"
+  done
+  /tmp/probe_default/probe occupancy 2>&1 | tee "$OUT/probe_occupancy.log"
+  /tmp/probe_default/probe small 2>&1 | tee "$OUT/probe_small.log"
+}
+# Kernel variants side by side (not committed): the files under benchmarks/.baseline/<name>/ overlaid on a
+# copy of cpp/ for each name in $PROBE_VARIANTS ("tree" = the working tree as is); the probe in each of
+# the modes in $PROBE_MODES (default: shapes).
+probe_variants() {
+  local v m
+  for v in ${PROBE_VARIANTS:-tree}; do
+    rm -rf "/tmp/src_$v" && mkdir -p "/tmp/src_$v" && cp -r cpp benchmarks "/tmp/src_$v/"
+    [ "$v" != tree ] && cp -r "benchmarks/.baseline/$v/." "/tmp/src_$v/cpp/"
+    (cd "/tmp/src_$v" && build_probe "/tmp/probe_$v" "") &
+  done
+  wait
+  for m in ${PROBE_MODES:-shapes}; do
+    for v in ${PROBE_VARIANTS:-tree}; do
+      "/tmp/probe_$v/probe" "$m" 2>&1 | tee "$OUT/probe_${m}_$v.log"
+    done
+  done
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 

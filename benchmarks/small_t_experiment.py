@@ -1,7 +1,8 @@
 """Small-T experiment: per-call time at T = 1 and 16 for (32, 8, 128) bf16, ours (each kernel choice,
 PDL on/off) and the XLA reference, under XLA's default command buffers and with them disabled or
 forced for custom calls, next to the floor of the method: a chain of one-element XLA adds (one tiny
-kernel per call). Each configuration runs in a fresh process (XLA_FLAGS are read at start).
+kernel per call) and a custom call doing a 4-byte device copy. Each configuration runs in a fresh process
+(XLA_FLAGS are read at start).
 
     python benchmarks/small_t_experiment.py
 """
@@ -26,6 +27,10 @@ from jax_qkrope import dispatch, reference as ref
 from jax_qkrope.bench import Case, make_inputs, time_forward
 from jax_qkrope.timing import per_call_us
 rows = {"floor: 1-element XLA add": per_call_us(lambda x: (x + 1,), (jnp.zeros((1,), jnp.float32),))}
+# The floor for a custom call: the extension's 4-byte device copy (one cudaMemcpyAsync), XLA's custom-call
+# command-buffer path with the least device work behind it.
+copy = jax.ffi.ffi_call("qkrope_copy", jax.ShapeDtypeStruct((1,), jnp.float32))
+rows["floor: custom call, 4-byte copy"] = per_call_us(lambda x: (copy(x),), (jnp.zeros((1,), jnp.float32),))
 for t in (1, 16):
     case = Case((32, 8, 128), t, "neox")
     inputs = make_inputs(case)

@@ -2,8 +2,13 @@
 //
 // Standalone (no JAX): builds the library's kernels for bf16 directly and times each variant with CUDA
 // events (median of repeats, a run of back-to-back launches each). Every variant moves the bytes of
-// heads (32, 8, 128) bf16 at T tokens: q and k read and written (ping-pong buffers, as in a chain of
+// heads (Hq, Hk, D) bf16 at T tokens: q and k read and written (ping-pong buffers, as in a chain of
 // calls), plus what the variant itself reads. Build and run: benchmarks/device_run.sh stream_probe.
+//
+//   probe [all]     (32, 8, 128): copies, forward variants (one read removed at a time), backward
+//   probe shapes    every benchmark head shape: memcpy, a 2 KiB-per-warp copy, forward neox/gptj at two N
+//   probe occupancy a 2 KiB-per-warp copy with the resident warps per SM capped (shared memory)
+//   probe small     T = 1 and 16 under CUDA graph replay: an empty kernel (the floor) and the forward
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,7 +35,12 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
-constexpr int kHq = 32, kHk = 8, kD = 128, kRows = 65536;
+constexpr int kRows = 65536;
+
+struct Heads {
+  int q, k, d;
+};
+constexpr Heads kDefaultHeads{32, 8, 128};
 
 // Streaming (evict-first) loads and stores, the hints a pure copy may want.
 __device__ __forceinline__ uint4 load_word(const uint4* p, bool stream) { return stream ? __ldcs(p) : *p; }
@@ -100,16 +110,19 @@ __global__ void copy_grid_stride(const uint4* a, uint4* a_out, int64_t a_words, 
 }
 
 struct Buffers {
+  Heads heads;
   int64_t tokens;
   bf16 *q[2], *k[2], *dq, *dk;
   float *table, *inv_freq, *weight, *dweight, *partials;
   int32_t *pos_random, *pos_sequential, *pos_zero;
-  size_t q_bytes() const { return static_cast<size_t>(tokens) * kHq * kD * sizeof(bf16); }
-  size_t k_bytes() const { return static_cast<size_t>(tokens) * kHk * kD * sizeof(bf16); }
+  size_t q_bytes() const { return static_cast<size_t>(tokens) * heads.q * heads.d * sizeof(bf16); }
+  size_t k_bytes() const { return static_cast<size_t>(tokens) * heads.k * heads.d * sizeof(bf16); }
 };
 
-Buffers make_buffers(int64_t tokens) {
+Buffers make_buffers(Heads heads, int64_t tokens) {
+  const int d = heads.d;
   Buffers b{};
+  b.heads = heads;
   b.tokens = tokens;
   for (int i = 0; i < 2; ++i) {
     check(cudaMalloc(&b.q[i], b.q_bytes()), "malloc q");
@@ -121,15 +134,15 @@ Buffers make_buffers(int64_t tokens) {
   check(cudaMalloc(&b.dk, b.k_bytes()), "malloc dk");
   check(cudaMemset(b.dq, 0x3c, b.q_bytes()), "memset dq");
   check(cudaMemset(b.dk, 0x3c, b.k_bytes()), "memset dk");
-  check(cudaMalloc(&b.table, sizeof(float) * kRows * kD), "malloc table");
-  check(cudaMemset(b.table, 0, sizeof(float) * kRows * kD), "memset table");
-  check(cudaMalloc(&b.inv_freq, sizeof(float) * kD / 2), "malloc inv_freq");
-  check(cudaMemset(b.inv_freq, 0, sizeof(float) * kD / 2), "memset inv_freq");
-  std::vector<bf16> w(kD, __float2bfloat16(1.0f));
-  check(cudaMalloc(&b.weight, sizeof(bf16) * kD), "malloc weight");
-  check(cudaMemcpy(b.weight, w.data(), sizeof(bf16) * kD, cudaMemcpyHostToDevice), "copy weight");
-  check(cudaMalloc(&b.dweight, sizeof(float) * 2 * kD), "malloc dweight");
-  check(cudaMalloc(&b.partials, sizeof(float) * 2 * kD * 132 * 16), "malloc partials");
+  check(cudaMalloc(&b.table, sizeof(float) * kRows * d), "malloc table");
+  check(cudaMemset(b.table, 0, sizeof(float) * kRows * d), "memset table");
+  check(cudaMalloc(&b.inv_freq, sizeof(float) * d / 2), "malloc inv_freq");
+  check(cudaMemset(b.inv_freq, 0, sizeof(float) * d / 2), "memset inv_freq");
+  std::vector<bf16> w(d, __float2bfloat16(1.0f));
+  check(cudaMalloc(&b.weight, sizeof(bf16) * d), "malloc weight");
+  check(cudaMemcpy(b.weight, w.data(), sizeof(bf16) * d, cudaMemcpyHostToDevice), "copy weight");
+  check(cudaMalloc(&b.dweight, sizeof(float) * 2 * d), "malloc dweight");
+  check(cudaMalloc(&b.partials, sizeof(float) * 2 * d * 132 * 16), "malloc partials");
   std::vector<int32_t> random(tokens), sequential(tokens), zero(tokens, 0);
   std::mt19937 gen(0);
   for (int64_t t = 0; t < tokens; ++t) {
@@ -183,16 +196,17 @@ float time_us(const std::function<void(int)>& launch, int reps) {
 
 qkrope::Problem forward_problem(const Buffers& b, int i, const int32_t* positions, bool cache, bool weights,
                                 qkrope::Style style) {
+  const Heads h = b.heads;
   qkrope::Problem p;
-  p.group[0] = {b.q[i % 2], b.q[(i + 1) % 2], nullptr, kHq * kD, kHq};
-  p.group[1] = {b.k[i % 2], b.k[(i + 1) % 2], nullptr, kHk * kD, kHk};
+  p.group[0] = {b.q[i % 2], b.q[(i + 1) % 2], nullptr, static_cast<int64_t>(h.q) * h.d, h.q};
+  p.group[1] = {b.k[i % 2], b.k[(i + 1) % 2], nullptr, static_cast<int64_t>(h.k) * h.d, h.k};
   p.weight[0] = weights ? b.weight : nullptr;
   p.weight[1] = weights ? b.weight : nullptr;
   p.weight_dtype[0] = p.weight_dtype[1] = qkrope::ElemType::kBF16;
   p.positions = positions;
   p.table = {cache ? static_cast<const void*>(b.table) : b.inv_freq, qkrope::ElemType::kF32, cache, kRows};
   p.num_tokens = b.tokens;
-  p.head_dim = p.rotary_dim = kD;
+  p.head_dim = p.rotary_dim = h.d;
   p.style = style;
   p.dtype = qkrope::ElemType::kBF16;
   return p;
@@ -205,10 +219,11 @@ void report(const char* name, int64_t tokens, double bytes, float us, double cop
 }
 
 void probe(int64_t tokens, int sms) {
-  Buffers b = make_buffers(tokens);
+  const int d = kDefaultHeads.d;
+  Buffers b = make_buffers(kDefaultHeads, tokens);
   const int reps = tokens >= 65536 ? 20 : (tokens >= 4096 ? 80 : 200);
   const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
-  const double fwd_bytes = qk_bytes + tokens * (kD * sizeof(float) + sizeof(int32_t));
+  const double fwd_bytes = qk_bytes + tokens * (d * sizeof(float) + sizeof(int32_t));
 
   const float memcpy_us = time_us(
       [&](int i) {
@@ -250,7 +265,7 @@ void probe(int64_t tokens, int sms) {
 
   // The forward as dispatched (rows warmed a wave ahead: dispatch.PREFETCH_BYTES_PER_SM) and what each
   // of its reads costs: no prefetch, positions all 0 (the row chain always hits), no weights, no table.
-  const int ahead = sms * 40 * 1024 / static_cast<int>(kD * sizeof(bf16));
+  const int ahead = sms * 40 * 1024 / static_cast<int>(d * sizeof(bf16));
   struct FwdVariant {
     std::string name;
     const int32_t* positions;
@@ -284,13 +299,13 @@ void probe(int64_t tokens, int sms) {
 
   // Backward: x and dy read, dx written (q and k), cos/sin rows and positions read; with and without
   // the weight gradients (their partials and the reduction kernel).
-  const double bwd_bytes = 1.5 * qk_bytes + tokens * (kD * sizeof(float) + sizeof(int32_t));
+  const double bwd_bytes = 1.5 * qk_bytes + tokens * (d * sizeof(float) + sizeof(int32_t));
   for (int blocks_per_sm : {2, 4}) {
     for (bool weights : {true, false}) {
       const int warps = 16 / blocks_per_sm;
       qkrope::BackwardOutputs o;
       o.dweight[0] = weights ? b.dweight : nullptr;
-      o.dweight[1] = weights ? b.dweight + kD : nullptr;
+      o.dweight[1] = weights ? b.dweight + d : nullptr;
       o.partials = b.partials;
       o.blocks_per_example = static_cast<int64_t>(sms) * blocks_per_sm;
       const qkrope::Launch launch{4, warps, false, 0};
@@ -310,15 +325,233 @@ void probe(int64_t tokens, int sms) {
   free_buffers(b);
 }
 
+// Every benchmark head shape at two pairs-per-warp values, next to memcpy and a copy kernel of the same
+// bytes; run from builds with different register limits (-maxrregcount) to see what occupancy buys.
+void probe_shapes(int sms) {
+  struct ShapeCase {
+    Heads heads;
+    int pairs[2];
+  };
+  const ShapeCase cases[] = {{{32, 8, 128}, {8, 16}}, {{16, 2, 256}, {4, 8}}, {{16, 16, 64}, {16, 8}}};
+  for (const ShapeCase& c : cases) {
+    for (int64_t tokens : {1024, 4096, 16384, 65536}) {
+      Buffers b = make_buffers(c.heads, tokens);
+      const int reps = tokens >= 65536 ? 20 : (tokens >= 4096 ? 80 : 200);
+      const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
+      const double fwd_bytes = qk_bytes + tokens * (c.heads.d * sizeof(float) + sizeof(int32_t));
+      const float memcpy_us = time_us(
+          [&](int i) {
+            check(cudaMemcpyAsync(b.q[(i + 1) % 2], b.q[i % 2], b.q_bytes(), cudaMemcpyDeviceToDevice), "memcpy q");
+            check(cudaMemcpyAsync(b.k[(i + 1) % 2], b.k[i % 2], b.k_bytes(), cudaMemcpyDeviceToDevice), "memcpy k");
+          },
+          reps);
+      const double copy_gbps = qk_bytes / (memcpy_us * 1e3);
+      const std::string shape = "(" + std::to_string(c.heads.q) + "," + std::to_string(c.heads.k) + "," +
+                                std::to_string(c.heads.d) + ") ";
+      report((shape + "memcpy q and k").c_str(), tokens, qk_bytes, memcpy_us, copy_gbps);
+      const int64_t qw = static_cast<int64_t>(b.q_bytes() / 16), kw = static_cast<int64_t>(b.k_bytes() / 16);
+      const unsigned grid = static_cast<unsigned>(((qw + kw) * 16 / 2048 * 32 + 127) / 128);
+      const float copy_us = time_us(
+          [&](int i) {
+            copy_warp_runs<2048, false><<<grid, 128>>>(
+                reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), qw,
+                reinterpret_cast<const uint4*>(b.k[i % 2]), reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
+          },
+          reps);
+      report((shape + "copy, 2 KiB per warp").c_str(), tokens, qk_bytes, copy_us, copy_gbps);
+      const int ahead = sms * 40 * 1024 / static_cast<int>(c.heads.d * sizeof(bf16));
+      for (int n : c.pairs) {
+        for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
+          const qkrope::Launch launch{n, 4, false, ahead};
+          const float us = time_us(
+              [&](int i) {
+                check(qk::forward(forward_problem(b, i, b.pos_random, true, true, style), launch, nullptr), "forward");
+              },
+              reps);
+          const std::string name =
+              shape + "forward " + (style == qkrope::Style::kNeox ? "neox" : "gptj") + " N=" + std::to_string(n);
+          report(name.c_str(), tokens, fwd_bytes, us, copy_gbps);
+        }
+      }
+      free_buffers(b);
+    }
+  }
+}
+
+// A 2 KiB-per-warp copy (128-thread blocks) with its resident warps per SM capped by dynamic shared
+// memory: does the occupancy of the tuned forward (80 registers: 24 warps per SM) cost bandwidth?
+void probe_occupancy() {
+  int smem_per_sm = 0;
+  check(cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0), "smem per SM");
+  check(cudaFuncSetAttribute(copy_warp_runs<2048, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024),
+        "smem opt-in");
+  for (int64_t tokens : {4096, 16384, 65536}) {
+    Buffers b = make_buffers(kDefaultHeads, tokens);
+    const int reps = tokens >= 65536 ? 20 : 80;
+    const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
+    const float memcpy_us = time_us(
+        [&](int i) {
+          check(cudaMemcpyAsync(b.q[(i + 1) % 2], b.q[i % 2], b.q_bytes(), cudaMemcpyDeviceToDevice), "memcpy q");
+          check(cudaMemcpyAsync(b.k[(i + 1) % 2], b.k[i % 2], b.k_bytes(), cudaMemcpyDeviceToDevice), "memcpy k");
+        },
+        reps);
+    const double copy_gbps = qk_bytes / (memcpy_us * 1e3);
+    report("memcpy q and k", tokens, qk_bytes, memcpy_us, copy_gbps);
+    const int64_t qw = static_cast<int64_t>(b.q_bytes() / 16), kw = static_cast<int64_t>(b.k_bytes() / 16);
+    const unsigned grid = static_cast<unsigned>(((qw + kw) * 16 / 2048 * 32 + 127) / 128);
+    for (int blocks : {16, 10, 8, 6, 4}) {  // 4 warps each: 64, 40, 32, 24, 16 warps per SM
+      const size_t smem = blocks >= 16 ? 0 : static_cast<size_t>(smem_per_sm / blocks - 2048);
+      int resident = 0;
+      check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, copy_warp_runs<2048, false>, 128, smem),
+            "occupancy");
+      const float us = time_us(
+          [&](int i) {
+            copy_warp_runs<2048, false><<<grid, 128, smem>>>(
+                reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), qw,
+                reinterpret_cast<const uint4*>(b.k[i % 2]), reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
+          },
+          reps);
+      const std::string name = "copy, 2 KiB per warp, " + std::to_string(resident * 4) + " warps/SM";
+      report(name.c_str(), tokens, qk_bytes, us, copy_gbps);
+    }
+    free_buffers(b);
+  }
+}
+
+__global__ void empty_kernel() {}
+
+// The latency skeleton of the forward for one warp per head: the head's 16-byte words load while the
+// position -> cos/sin row chain resolves (kChain), then the words are scaled by the row and stored. Without
+// kChain it is a plain copy: one round trip instead of two.
+template <bool kChain>
+__global__ void skeleton_kernel(const uint4* in, uint4* out, const int32_t* positions, const float* table, int heads,
+                                int words_per_head, int row_floats) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  const int token = warp / heads;
+  const int64_t base = static_cast<int64_t>(warp) * words_per_head;
+  uint4 v = lane < words_per_head ? in[base + lane] : uint4{};
+  if constexpr (kChain) {
+    const float c = table[static_cast<int64_t>(positions[token]) * row_floats + lane % row_floats];
+    v.x = __float_as_uint(__uint_as_float(v.x) * c);
+  }
+  if (lane < words_per_head) out[base + lane] = v;
+}
+
+// Per-launch microseconds of `launch` recorded `count` times into one CUDA graph, replayed (median of 9
+// replays): the launch cost the reference design's 1.46 us at T = 1 was measured under.
+float graph_us(const std::function<void(cudaStream_t)>& launch, int count) {
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  cudaGraph_t graph;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+  for (int i = 0; i < count; ++i) launch(stream);
+  check(cudaStreamEndCapture(stream, &graph), "end capture");
+  cudaGraphExec_t exec;
+  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  std::vector<float> per_call;
+  for (int r = 0; r < 12; ++r) {
+    check(cudaEventRecord(start, stream), "record");
+    check(cudaGraphLaunch(exec, stream), "graph launch");
+    check(cudaEventRecord(stop, stream), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    if (r >= 3) per_call.push_back(1000.0f * ms / count);  // the first replays upload and warm
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  check(cudaGraphExecDestroy(exec), "destroy exec");
+  check(cudaGraphDestroy(graph), "destroy graph");
+  check(cudaStreamDestroy(stream), "destroy stream");
+  std::sort(per_call.begin(), per_call.end());
+  return per_call[per_call.size() / 2];
+}
+
+// Small T under graph replay: the empty-kernel floor and the forward of (32, 8, 128) at each N, with
+// and without programmatic dependent launch, with the cos/sin table and cache-free.
+void probe_small() {
+  constexpr int kCount = 200;
+  std::printf("%-48s %10.2f us per launch\n", "graph: empty kernel",
+              graph_us([](cudaStream_t s) { empty_kernel<<<1, 32, 0, s>>>(); }, kCount));
+  for (int64_t tokens : {1, 16}) {
+    Buffers b = make_buffers(kDefaultHeads, tokens);
+    const int heads = kDefaultHeads.q, words = kDefaultHeads.d * static_cast<int>(sizeof(bf16)) / 16;
+    for (bool chain : {false, true}) {
+      int call = 0;
+      const float us = graph_us(
+          [&](cudaStream_t s) {
+            const int i = call++;
+            auto kernel = chain ? skeleton_kernel<true> : skeleton_kernel<false>;
+            kernel<<<static_cast<unsigned>(tokens * heads / 4), 128, 0, s>>>(
+                reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), b.pos_random,
+                b.table, heads, words, kDefaultHeads.d);
+          },
+          kCount);
+      char name[96];
+      std::snprintf(name, sizeof(name), "graph: skeleton q T=%lld %s", static_cast<long long>(tokens),
+                    chain ? "position -> row -> store" : "copy (load -> store)");
+      std::printf("%-48s %10.2f us per launch\n", name, us);
+    }
+    {
+      int call = 0;
+      const qkrope::Launch launch{2, 4, false, 0};
+      const float us = graph_us(
+          [&](cudaStream_t s) {
+            check(qk::forward(forward_problem(b, call++, b.pos_random, true, false, qkrope::Style::kNeox), launch, s),
+                  "forward");
+          },
+          kCount);
+      char name[96];
+      std::snprintf(name, sizeof(name), "graph: forward neox T=%lld N=2 no weights", static_cast<long long>(tokens));
+      std::printf("%-48s %10.2f us per launch\n", name, us);
+    }
+    for (int n : {1, 2, 4}) {
+      for (bool pdl : {false, true}) {
+        for (bool cache : {true, false}) {
+          int call = 0;
+          const qkrope::Launch launch{n, 4, pdl, 0};
+          const float us = graph_us(
+              [&](cudaStream_t s) {
+                check(qk::forward(forward_problem(b, call++, b.pos_random, cache, true, qkrope::Style::kNeox), launch,
+                                  s),
+                      "forward");
+              },
+              kCount);
+          char name[96];
+          std::snprintf(name, sizeof(name), "graph: forward neox T=%lld N=%d pdl=%d %s", static_cast<long long>(tokens),
+                        n, pdl ? 1 : 0, cache ? "cache" : "cache-free");
+          std::printf("%-48s %10.2f us per launch\n", name, us);
+        }
+      }
+    }
+    free_buffers(b);
+  }
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "all";
   int sms = 0;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
   cudaDeviceProp prop;
   check(cudaGetDeviceProperties(&prop, 0), "properties");
-  std::printf("%s, %d SMs; heads (%d, %d, %d) bf16, f32 cos/sin table of %d rows\n", prop.name, sms, kHq, kHk, kD,
-              kRows);
-  for (int64_t tokens : {4096, 16384, 65536}) probe(tokens, sms);
+  std::printf("%s, %d SMs; mode %s; bf16, f32 cos/sin table of %d rows\n", prop.name, sms, mode.c_str(), kRows);
+  if (mode == "all") {
+    std::printf("heads (%d, %d, %d)\n", kDefaultHeads.q, kDefaultHeads.k, kDefaultHeads.d);
+    for (int64_t tokens : {4096, 16384, 65536}) probe(tokens, sms);
+  } else if (mode == "shapes") {
+    probe_shapes(sms);
+  } else if (mode == "occupancy") {
+    probe_occupancy();
+  } else if (mode == "small") {
+    probe_small();
+  } else {
+    std::fprintf(stderr, "unknown mode %s (all, shapes, occupancy, small)\n", mode.c_str());
+    return 2;
+  }
   return 0;
 }

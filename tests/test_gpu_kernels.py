@@ -89,6 +89,37 @@ def test_row_prefetch_leaves_results_unchanged(ahead, dtype, head_dim):
                 assert_close(a, e.astype(dtype), dtype, f"ahead {ahead} N={n} {style} cache {cache_dtype}")
 
 
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_common_and_general_input_kernels(dtype, head_dim):
+    """The tuned forward is built twice: for the common inputs (f32 cache, full rotary, weights absent or of
+    q's dtype) without run-time type switches, and for any inputs. Inputs on both sides of that line, at
+    every N and style, with a weight offset and one weight missing, all match the reference."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 3), 6)
+    tokens = (53,)
+    q = random_heads(keys[0], tokens, 5, head_dim, dtype)
+    k = random_heads(keys[1], tokens, 2, head_dim, dtype)
+    positions = random_positions(keys[2], tokens, 3000)
+    same, f32 = random_weight(keys[3], head_dim, dtype), random_weight(keys[4], head_dim)
+    other = jnp.bfloat16 if dtype != jnp.bfloat16 else jnp.float16
+    tables = {c: qkr.rope_cos_sin_cache(3000, head_dim, dtype=c) for c in (jnp.float32, other)}
+    cases = {  # name: (q_weight, k_weight, cache dtype, weight_offset); the first two take the common kernel
+        "common": (same, same, jnp.float32, 0.0),
+        "common, k weight missing, offset": (same, None, jnp.float32, 1.0),
+        "weights of another dtype": (f32 if dtype != jnp.float32 else same.astype(other), same, jnp.float32, 0.0),
+        "cache of another dtype": (same, same, other, 0.5),
+    }
+    for n in (1, 2, 4, 8, 16):
+        for style in ("neox", "gptj"):
+            for name, (wq, wk, cache_dtype, offset) in cases.items():
+                kw = dict(style=style, cos_sin_cache=tables[cache_dtype], weight_offset=offset)
+                with dispatch.override_choice(n):
+                    ours = jax.jit(lambda q, k, kw=kw, wq=wq, wk=wk: qkr.fused(q, k, positions, wq, wk, **kw))(q, k)
+                expected = ref.fused(q, k, positions, wq, wk, **kw)
+                for a, e in zip(ours, expected, strict=True):
+                    assert_close(a, e, dtype, f"{name} N={n} {style}")
+
+
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_sixteen_pairs_per_warp(dtype, head_dim):

@@ -17,6 +17,12 @@ constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
 constexpr int kMaxHeadDim = 512;
 
+// What a tuned forward kernel may assume about its inputs at compile time. kCommon: an f32 cos/sin cache
+// whose rows are read as 16-byte runs that never cross the rotary half (full rotary), and weights absent
+// or of the storage type, 16-byte aligned. The run-time type switches this removes sit on the critical
+// path of a small call: about 0.5 us per call at T = 1 (benchmarks/results/run8_probe/small_t_chain).
+enum class Inputs { kAny, kCommon };
+
 // Arguments every kernel receives by value.
 struct KernelArgs {
   Problem p;
@@ -173,24 +179,47 @@ __device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t 
   for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
 }
 
+// load_scale for Inputs::kCommon: the weight (if any) has the storage type T and 16-byte alignment.
+template <int K, typename T, Inputs In>
+__device__ __forceinline__ void load_scale_for(const Problem& p, int group, int64_t index, bool vec, float (&out)[K]) {
+  if constexpr (In == Inputs::kAny) {
+    load_scale<K>(p, group, index, vec, out);
+  } else {
+    const void* w = p.weight[group & 1];
+#pragma unroll
+    for (int j = 0; j < K; ++j) out[j] = 1.0f;
+    if (w == nullptr) return;
+    load_run_typed<K, T>(w, index, true, out);
+#pragma unroll
+    for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
+  }
+}
+
 // Fills scale[g * D + e] with element e of weight g's scale (weight_offset + w, or 1 without a weight),
 // cooperatively over the block, then synchronises it. Every thread of the block calls it.
 template <int D>
 __device__ __forceinline__ void stage_scales(const Problem& p, float* scale) {
   for (int t = threadIdx.x; t < 2 * D; t += blockDim.x) {
-    const void* w = p.weight[t / D];
-    scale[t] = w == nullptr ? 1.0f : load_scalar(w, p.weight_dtype[t / D], t % D) + p.weight_offset;
+    float one[1];
+    load_scale<1>(p, t / D, t % D, false, one);
+    scale[t] = one[0];
   }
   __syncthreads();
 }
 
 // cos/sin of K consecutive rotary pairs [first, first + K) of one token. Pairs at or past rotary_dim / 2
 // get the identity rotation (cos 1, sin 0), which leaves the pass-through dims unchanged.
-template <int K>
+template <int K, Inputs In = Inputs::kAny>
 __device__ __forceinline__ void load_angles(const KernelArgs& a, int64_t position, int first, float (&c)[K],
                                             float (&s)[K]) {
   const Problem& p = a.p;
   const int half = p.rotary_dim / 2;
+  if constexpr (In == Inputs::kCommon) {
+    const int64_t row = clamp_row(position, p.table.rows) * p.rotary_dim;
+    load_run_typed<K, float>(p.table.data, row + first, true, c);
+    load_run_typed<K, float>(p.table.data, row + half + first, true, s);
+    return;
+  }
   const bool whole = first + K <= half;
   if (p.table.is_cache) {
     const int64_t row = clamp_row(position, p.table.rows) * p.rotary_dim;
@@ -283,16 +312,16 @@ class RowPrefetch {
     const int64_t token = t_first + lane / lines;
     if (lane / lines >= kWarp / lines || token > t_last) return;
     line_ = lane % lines;
+    row_bytes_ = row_bytes;
     position_ = load_position(p, token);
     active_ = true;
   }
 
   __device__ __forceinline__ void finish(const Problem& p) const {
     if (!active_) return;
-    const int64_t row_bytes = static_cast<int64_t>(p.rotary_dim) * elem_bytes(p.table.dtype);
-    const uintptr_t row = reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_, p.table.rows) * row_bytes;
+    const uintptr_t row = reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_, p.table.rows) * row_bytes_;
     const uintptr_t line = (row & ~static_cast<uintptr_t>(kLine - 1)) + static_cast<uintptr_t>(line_) * kLine;
-    if (line >= row + row_bytes) return;  // the row ends before this lane's line
+    if (line >= row + row_bytes_) return;  // the row ends before this lane's line
     asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
   }
 
@@ -300,6 +329,7 @@ class RowPrefetch {
   static constexpr int kLine = 128;
   int64_t position_ = 0;
   int line_ = 0;
+  int row_bytes_ = 0;
   bool active_ = false;
 };
 

@@ -2,16 +2,37 @@
 // so the instantiations compile in parallel.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/dispatch.cuh"
 #include "cuda/forward_kernels.cuh"
 
 namespace qkrope::cuda {
 
-template <typename T, int D, int N, Style S>
+template <Inputs In>
 struct ForwardTuned {
-  static constexpr int kPairs = N == 16 ? kSixteenOr8<T, D, S> : N;
-  static TunedChoice<void (*)(KernelArgs)> choice() { return {forward_tuned_kernel<T, D, kPairs, S>, kPairs, 0}; }
+  template <typename T, int D, int N, Style S>
+  struct Family {
+    static constexpr int kPairs = N == 16 ? kSixteenOr8<T, D, S> : N;
+    static TunedChoice<void (*)(KernelArgs)> choice() {
+      return {forward_tuned_kernel<T, D, kPairs, S, In>, kPairs, 0};
+    }
+  };
 };
+
+template <typename T>
+constexpr ElemType kElemTypeOf = std::is_same_v<T, float> ? ElemType::kF32
+                                 : std::is_same_v<T, __half> ? ElemType::kF16
+                                                             : ElemType::kBF16;
+
+// The inputs Inputs::kCommon assumes (see there): checked here, per call.
+template <typename T>
+bool common_inputs(const KernelArgs& a) {
+  const Problem& p = a.p;
+  const auto weight_ok = [&](int g) { return p.weight[g] == nullptr || p.weight_dtype[g] == kElemTypeOf<T>; };
+  return p.table.is_cache && p.table.dtype == ElemType::kF32 && a.table_vec && p.rotary_dim == p.head_dim &&
+         a.weight_vec && weight_ok(0) && weight_ok(1);
+}
 
 template <typename T, int C, Style S>
 struct ForwardGeneric {
@@ -32,7 +53,9 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   };
   dim3 grid;
   if (use_tuned<T>(p)) {
-    const auto choice = pick_tuned<ForwardTuned, T>(p, launch.pairs_per_warp);
+    const auto choice = common_inputs<T>(args)
+                            ? pick_tuned<ForwardTuned<Inputs::kCommon>::template Family, T>(p, launch.pairs_per_warp)
+                            : pick_tuned<ForwardTuned<Inputs::kAny>::template Family, T>(p, launch.pairs_per_warp);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
     return launch_kernel(choice.kernel, grid, block, 0, stream, launch.pdl, args);
   }

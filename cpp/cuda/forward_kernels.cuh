@@ -1,7 +1,8 @@
 // Forward kernels: RMSNorm over each head, scale, rotate, round once to the storage type.
 //
 // forward_tuned: head_dim fixed at compile time (64, 128, 256), full-rotary neox or any gptj; all of a
-//   lane's data stays in registers and a warp reuses one cos/sin load for the pairs of a token.
+//   lane's data stays in registers and a warp reuses one cos/sin load for the pairs of a token. Built
+//   twice: for any inputs, and for the common ones (Inputs::kCommon) without run-time type switches.
 // forward_generic: any even head_dim <= 512 and any rotary_dim; one warp per pair, chunk slots predicated,
 //   neox partners exchanged through shared memory.
 #pragma once
@@ -36,11 +37,11 @@ __device__ __forceinline__ void rotate_tuned(float (&v)[Lay::SL][Lay::C], const 
 }
 
 // cos/sin of every run a lane of the tuned layout needs for one token's position.
-template <typename Lay>
+template <typename Lay, Inputs In = Inputs::kAny>
 __device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t position, int gl,
                                                   float (&c)[Lay::AS][Lay::NA], float (&s)[Lay::AS][Lay::NA]) {
 #pragma unroll
-  for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA>(a, position, Lay::angle_start(r, gl), c[r], s[r]);
+  for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA, In>(a, position, Lay::angle_start(r, gl), c[r], s[r]);
 }
 
 // Where the I pairs of one lane group live: validity, token, head group and element offset.
@@ -67,7 +68,7 @@ struct PairSlots {
   }
 };
 
-template <typename T, int D, int N, Style S>
+template <typename T, int D, int N, Style S, Inputs In>
 __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
@@ -106,7 +107,9 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   float w_early[kStaged ? 1 : SL][C];
   if constexpr (!kStaged) {
 #pragma unroll
-    for (int s = 0; s < SL; ++s) load_scale<C>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
+    for (int s = 0; s < SL; ++s) {
+      load_scale_for<C, T, In>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
+    }
   }
   RowPrefetch ahead;
   if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
@@ -115,7 +118,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
   if (at.valid[0] && at.group[0] < 2) {
-    load_tuned_angles<Lay>(a, position[0], gl, cs, sn);
+    load_tuned_angles<Lay, In>(a, position[0], gl, cs, sn);
     angles_token = at.token[0];
   }
   if constexpr (kStaged) stage_scales<D>(p, &scale[0][0]);
@@ -123,7 +126,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
 #pragma unroll
   for (int i = 0; i < I; ++i) {
     if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
-      load_tuned_angles<Lay>(a, position[i], gl, cs, sn);
+      load_tuned_angles<Lay, In>(a, position[i], gl, cs, sn);
       angles_token = at.token[i];
     }
     float v[SL][C];

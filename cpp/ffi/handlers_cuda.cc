@@ -87,7 +87,8 @@ ffi::Error backward_packed(Stream stream, AnyBuffer qkv, AnyBuffer dqkv_out, Any
   return cuda_status(cuda::backward(b.problem, b.outputs, b.launch, stream), "backward kernel launch");
 }
 
-// A plain device-to-device copy, used by the benchmark to measure the copy bandwidth it reports against.
+// A plain device-to-device copy, used by the benchmark to measure the copy bandwidth it reports against
+// and, at 4 bytes, the per-call floor of a custom call (benchmarks/small_t_experiment.py).
 ffi::Error copy(Stream stream, AnyBuffer src, Out dst) {
   if (src.size_bytes() != dst->size_bytes()) return ffi::Error::InvalidArgument("qkrope: copy sizes differ");
   return cuda_status(
@@ -112,4 +113,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaBackwardPacked, qkrope::backward_packed,
                               qkrope::ffi_bindings::backward_packed(qkrope::cuda_bind()),
                               {xla::ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QkropeCudaCopy, qkrope::copy,
-                              qkrope::cuda_bind().Arg<xla::ffi::AnyBuffer>().Ret<xla::ffi::AnyBuffer>());
+                              qkrope::cuda_bind().Arg<xla::ffi::AnyBuffer>().Ret<xla::ffi::AnyBuffer>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
