@@ -1,8 +1,9 @@
 """Calibrates the forward kernel's pairs-per-warp heuristic on the current GPU.
 
-For each head_dim class (64, 128, 256 and the generic kernels, measured at 80) and a ladder of token
-counts, times every forced N in {1, 2, 4, 8}, keeps the fastest, turns the winners into thresholds on
-the pair count, and writes ``jax_qkrope/calibration/sm<major><minor>.json``, which the dispatch reads.
+For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80) and a ladder
+of token counts, times every forced N in {1, 2, 4, 8, 16}, keeps the fastest, turns the winners into
+thresholds on the pair count, and writes ``jax_qkrope/calibration/sm<major><minor>.json`` ("forward" for
+neox, "forward_gptj"), which the dispatch reads.
 It then re-times the automatic choice with the new file and the best forced N, in turn, at every point and
 reports one against the other (the issue asks for auto within 3% everywhere). Also decides up to which pair count
 programmatic dependent launch pays off.
@@ -29,6 +30,8 @@ from jax_qkrope.bench import Case, make_inputs, time_forward
 
 HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256), "generic": (32, 8, 80)}
 TOKENS = (1, 16, 128, 1024, 4096, 16384, 65536)
+STYLES = ("neox", "gptj")
+TABLE_KEY = {"neox": "forward", "gptj": "forward_gptj"}
 CHOICES = dispatch.AUTO_CHOICES
 TIE = 0.01  # within 1% of the fastest counts as a tie, won by the earlier choice (more parallelism)
 ROUNDS = 3  # re-timings of auto and of the best forced N in the final check
@@ -85,39 +88,42 @@ def main() -> None:
     assert facts.compute_capability is not None, "calibrate on a CUDA GPU"
     tokens = (1, 16, 1024, 16384, 65536) if args.quick else TOKENS
     sweep: list[dict] = []
-    table: dict[str, list] = {}
-    for cls, heads in HEAD_DIM_CLASSES.items():
-        if cls not in args.classes:
-            continue
-        winners = []
-        for t in tokens:
-            case = Case(heads, t, "neox")
-            inputs = make_inputs(case)
-            times = {n: time_choice(case, inputs, n) for n in CHOICES}
-            best = pick(times)
-            pairs = t * (heads[0] + heads[1])
-            winners.append((pairs, best))
-            sweep.append(dict(head_dim_class=cls, heads=list(heads), T=t, pairs=pairs, times_us=times, best=best))
-            print(f"{cls:>8} T={t:>6} pairs={pairs:>8} " + " ".join(f"{n}={v:8.2f}" for n, v in times.items())
-                  + f"  -> N={best}", flush=True)
-        table[cls] = thresholds_from(winners)
+    tables: dict[str, dict[str, list]] = {style: {} for style in STYLES}
+    for style in STYLES:
+        for cls, heads in HEAD_DIM_CLASSES.items():
+            if cls not in args.classes:
+                continue
+            winners = []
+            for t in tokens:
+                case = Case(heads, t, style)
+                inputs = make_inputs(case)
+                times = {n: time_choice(case, inputs, n) for n in CHOICES}
+                best = pick(times)
+                pairs = t * (heads[0] + heads[1])
+                winners.append((pairs, best))
+                sweep.append(dict(style=style, head_dim_class=cls, heads=list(heads), T=t, pairs=pairs, times_us=times,
+                                  best=best))
+                print(f"{style} {cls:>8} T={t:>6} pairs={pairs:>8} "
+                      + " ".join(f"{n}={v:8.2f}" for n, v in times.items()) + f"  -> N={best}", flush=True)
+            tables[style][cls] = thresholds_from(winners)
 
     major, minor = facts.compute_capability
     previous = dispatch.load_calibration((major, minor)) if partial else None
     if previous is not None:  # merge the re-measured classes; keep the PDL decision
-        table = {**previous["forward"], **table}
+        for style in STYLES:
+            tables[style] = {**previous.get(TABLE_KEY[style], previous["forward"]), **tables[style]}
         pdl_max_pairs = int(previous.get("pdl_max_pairs", 0))
     else:
-        pdl_max_pairs = measure_pdl_max_pairs(table["128"])
+        pdl_max_pairs = measure_pdl_max_pairs(tables["neox"]["128"])
     calibration = dict(arch=f"sm_{major}{minor}", device=facts.name, sms=facts.num_sms,
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
-                       forward=table, pdl_max_pairs=pdl_max_pairs,
+                       **{TABLE_KEY[style]: tables[style] for style in STYLES}, pdl_max_pairs=pdl_max_pairs,
                        remeasured=args.classes if partial else list(HEAD_DIM_CLASSES))
     path = dispatch.CALIBRATION_DIR / f"sm{major}{minor}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration, indent=1) + "\n")
     dispatch.load_calibration.cache_clear()
-    print(f"wrote {path}: {json.dumps(table)} pdl_max_pairs={pdl_max_pairs}")
+    print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs}")
 
     # Auto with the new calibration vs the best forced N at every measured point. Where auto issues the very
     # launch the best forced N does (same kernel, same attributes), it is that N by construction and the
@@ -125,12 +131,12 @@ def main() -> None:
     # each, fastest of each kept, so drift between the sweep and this check does not count against auto.
     worst = 1.0
     for row in sweep:
-        case = Case(tuple(row["heads"]), row["T"], "neox")
+        case = Case(tuple(row["heads"]), row["T"], row["style"])
         inputs = make_inputs(case)
         hq, hk, d = row["heads"]
         pairs = row["T"] * (hq + hk)
-        auto_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem)
-        same = auto_launch == dispatch.forward_launch(pairs, d, row["best"], facts, case.elem)
+        auto_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem, case.style)
+        same = auto_launch == dispatch.forward_launch(pairs, d, row["best"], facts, case.elem, case.style)
         autos, bests = [], []
         for _ in range(ROUNDS):
             autos.append(time_forward(case, inputs, qkr.fused))
@@ -139,7 +145,8 @@ def main() -> None:
         row.update(auto_n=auto_launch.pairs_per_warp, same_launch=same, auto_us=auto, best_retimed_us=best,
                    auto_over_best=1.0 if same else auto / best)
         worst = max(worst, row["auto_over_best"])
-        print(f"auto {row['head_dim_class']:>8} T={row['T']:>6}: N={auto_launch.pairs_per_warp:<2} {auto:8.2f} us vs "
+        print(f"auto {row['style']} {row['head_dim_class']:>8} T={row['T']:>6}: "
+              f"N={auto_launch.pairs_per_warp:<2} {auto:8.2f} us vs "
               f"best forced N={row['best']:<2} {best:8.2f} us "
               + ("(identical launch: re-timing noise)" if same else f"({100 * (auto / best - 1):+.1f}%)"), flush=True)
     print(f"worst auto/best over {len(sweep)} points: {worst:.3f}")

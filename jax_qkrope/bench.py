@@ -121,7 +121,7 @@ def chosen_pairs_per_warp(case: Case) -> int:
     """The auto dispatch's pairs per warp for this case."""
     hq, hk, d = case.heads
     facts = dispatch.device_facts("cuda" if jax.default_backend() == "gpu" else "cpu")
-    return dispatch.forward_launch(case.tokens * (hq + hk), d, None, facts, case.elem).pairs_per_warp
+    return dispatch.forward_launch(case.tokens * (hq + hk), d, None, facts, case.elem, case.style).pairs_per_warp
 
 
 def forward_record(case: Case, copy_gbps: float) -> dict:

@@ -159,13 +159,17 @@ def prefetch_distance(num_pairs: int, head_dim: int, itemsize: int, facts: Devic
     return ahead if 0 < ahead < num_pairs else 0
 
 
-def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts, itemsize: int) -> Launch:
-    """Launch parameters of the forward kernel for num_pairs (token, head) pairs of itemsize-byte elements."""
+def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts, itemsize: int,
+                   style: str = "neox") -> Launch:
+    """Launch parameters of the forward kernel for num_pairs (token, head) pairs of itemsize-byte elements.
+    A calibration holds a table per rotary style ("forward" for neox, "forward_gptj"): their kernels
+    differ in how a lane holds its pairs, and so in the N that wins."""
     calibration = load_calibration(facts.compute_capability)
     thresholds = DEFAULT_FORWARD_THRESHOLDS
     pdl_max_pairs = 0
     if calibration is not None:
-        thresholds = calibration["forward"].get(head_dim_class(head_dim), thresholds)
+        tables = calibration.get(f"forward_{style}", calibration["forward"])
+        thresholds = tables.get(head_dim_class(head_dim), thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
     if forced is not None:
         choice = forced

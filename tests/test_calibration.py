@@ -11,7 +11,7 @@ import pytest
 
 from jax_qkrope import dispatch
 
-SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run7_calibration" / "calibration_sm90_sweep.json"
+SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run8_calibration" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
 
@@ -22,16 +22,18 @@ def sweep() -> dict:
 
 def test_committed_table_is_the_sweeps(sweep):
     committed = dispatch.load_calibration((9, 0))
-    assert committed["forward"] == sweep["calibration"]["forward"]
-    assert committed["pdl_max_pairs"] == sweep["calibration"]["pdl_max_pairs"]
+    for key in ("forward", "forward_gptj", "pdl_max_pairs"):
+        assert committed[key] == sweep["calibration"][key], key
 
 
 def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
-    assert len(sweep["sweep"]) == 28  # 4 head_dim classes x 7 token counts
+    assert len(sweep["sweep"]) == 56  # 2 styles x 4 head_dim classes x 7 token counts
+    assert {row["style"] for row in sweep["sweep"]} == {"neox", "gptj"}
     for row in sweep["sweep"]:
         hq, hk, d = row["heads"]
         pairs = row["T"] * (hq + hk)
         times = {int(n): t for n, t in row["times_us"].items()}
         assert times[row["best"]] <= min(times.values()) * 1.01, row  # the winner is the fastest, up to a 1% tie
-        auto = dispatch.forward_launch(pairs, d, None, H100, 2)
-        assert auto == dispatch.forward_launch(pairs, d, row["best"], H100, 2), row
+        auto = dispatch.forward_launch(pairs, d, None, H100, 2, row["style"])
+        assert auto == dispatch.forward_launch(pairs, d, row["best"], H100, 2, row["style"]), row
+        assert auto.pairs_per_warp == row["auto_n"], row  # what the calibration run itself checked
