@@ -29,7 +29,7 @@ from jax_qkrope.timing import per_call_us
 rows = {"floor: 1-element XLA add": per_call_us(lambda x: (x + 1,), (jnp.zeros((1,), jnp.float32),))}
 # The floor for a custom call: the extension's 4-byte device copy (one cudaMemcpyAsync), XLA's custom-call
 # command-buffer path with the least device work behind it.
-copy = jax.ffi.ffi_call("qkrope_copy", jax.ShapeDtypeStruct((1,), jnp.float32))
+copy = jax.ffi.ffi_call("qkrope_copy_in_graph", jax.ShapeDtypeStruct((1,), jnp.float32))
 rows["floor: custom call, 4-byte copy"] = per_call_us(lambda x: (copy(x),), (jnp.zeros((1,), jnp.float32),))
 for t in (1, 16):
     case = Case((32, 8, 128), t, "neox")

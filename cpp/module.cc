@@ -31,6 +31,7 @@ nb::dict cuda_targets() {
   d["qkrope_bwd"] = handler_capsule(QkropeCudaBackward);
   d["qkrope_bwd_packed"] = handler_capsule(QkropeCudaBackwardPacked);
   d["qkrope_copy"] = handler_capsule(QkropeCudaCopy);
+  d["qkrope_copy_in_graph"] = handler_capsule(QkropeCudaCopyInGraph);
 #endif
   return d;
 }

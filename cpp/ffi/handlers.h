@@ -15,5 +15,6 @@ XLA_FFI_Error* QkropeCudaForwardPacked(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* QkropeCudaBackward(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* QkropeCudaBackwardPacked(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* QkropeCudaCopy(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* QkropeCudaCopyInGraph(XLA_FFI_CallFrame* call_frame);
 #endif
 }
