@@ -20,7 +20,7 @@ constexpr int kMaxHeadDim = 512;
 // What a tuned forward kernel may assume about its inputs at compile time. kCommon: an f32 cos/sin cache
 // whose rows are read as 16-byte runs that never cross the rotary half (full rotary), and weights absent
 // or of the storage type, 16-byte aligned. The run-time type switches this removes sit on the critical
-// path of a small call: about 0.5 us per call at T = 1 (benchmarks/results/run8_probe/small_t_chain).
+// path of a small call: 2.24 -> 1.59 us per call at T = 1 under graph replay (benchmarks/results/run8_probe).
 enum class Inputs { kAny, kCommon };
 
 // Arguments every kernel receives by value.
