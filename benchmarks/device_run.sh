@@ -74,7 +74,7 @@ ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_detail.csv"
 }
 # The standalone probe (benchmarks/stream_probe.cu: the kernels next to plain copies, no JAX), built into
-# $1 with extra nvcc flags $2 (ptxas register report in $1/ptxas.log).
+# $1 with extra nvcc flags $2 (ptxas register reports in $1/ptxas_<source>.log).
 build_probe() {
   local dir=$1 flags=$2 srcs=(benchmarks/stream_probe.cu cpp/cuda/launch.cu cpp/cuda/forward_{bf16,f16,f32}.cu cpp/cuda/backward_{bf16,f16,f32}.cu)
   mkdir -p "$dir"
@@ -86,6 +86,7 @@ build_probe() {
   wait
   nvcc -arch=sm_90 "$dir"/*.o -o "$dir/probe"
 }
+probe_sources() { rm -rf "$1" && mkdir -p "$1" && cp -r cpp benchmarks "$1/"; }  # a copy to patch and build
 stream_probe() {  # PROBE_MODE: all (default), shapes, occupancy or small
   local mode=${PROBE_MODE:-all}
   build_probe /tmp/stream_probe "" && /tmp/stream_probe/probe "$mode" 2>&1 | tee "$OUT/stream_probe_$mode.log"
@@ -97,7 +98,7 @@ stream_probe() {  # PROBE_MODE: all (default), shapes, occupancy or small
 probe_regs() {
   local b
   for b in default 4 5; do
-    rm -rf "/tmp/src_$b" && mkdir -p "/tmp/src_$b" && cp -r cpp benchmarks "/tmp/src_$b/"
+    probe_sources "/tmp/src_$b"
     [ "$b" != default ] && sed -i "s/__launch_bounds__(kMaxThreads) forward_tuned_kernel/__launch_bounds__(kMaxThreads, $b) forward_tuned_kernel/" \
       "/tmp/src_$b/cpp/cuda/forward_kernels.cuh"
     (cd "/tmp/src_$b" && build_probe "/tmp/probe_$b" "") &
@@ -116,7 +117,7 @@ probe_regs() {
 probe_variants() {
   local v m
   for v in ${PROBE_VARIANTS:-tree}; do
-    rm -rf "/tmp/src_$v" && mkdir -p "/tmp/src_$v" && cp -r cpp benchmarks "/tmp/src_$v/"
+    probe_sources "/tmp/src_$v"
     [ "$v" != tree ] && cp -r "benchmarks/.baseline/$v/." "/tmp/src_$v/cpp/"
     (cd "/tmp/src_$v" && build_probe "/tmp/probe_$v" "") &
   done

@@ -117,6 +117,9 @@ struct Buffers {
   int32_t *pos_random, *pos_sequential, *pos_zero;
   size_t q_bytes() const { return static_cast<size_t>(tokens) * heads.q * heads.d * sizeof(bf16); }
   size_t k_bytes() const { return static_cast<size_t>(tokens) * heads.k * heads.d * sizeof(bf16); }
+  double qk_traffic() const { return 2.0 * static_cast<double>(q_bytes() + k_bytes()); }  // read + written
+  int64_t q_words() const { return static_cast<int64_t>(q_bytes() / 16); }
+  int64_t k_words() const { return static_cast<int64_t>(k_bytes() / 16); }
 };
 
 Buffers make_buffers(Heads heads, int64_t tokens) {
@@ -218,33 +221,48 @@ void report(const char* name, int64_t tokens, double bytes, float us, double cop
               copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 100.0);
 }
 
-void probe(int64_t tokens, int sms) {
-  const int d = kDefaultHeads.d;
-  Buffers b = make_buffers(kDefaultHeads, tokens);
-  const int reps = tokens >= 65536 ? 20 : (tokens >= 4096 ? 80 : 200);
-  const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
-  const double fwd_bytes = qk_bytes + tokens * (d * sizeof(float) + sizeof(int32_t));
+// Back-to-back launches per timing at each size.
+int reps_for(int64_t tokens) { return tokens >= 65536 ? 20 : (tokens >= 4096 ? 80 : 200); }
 
-  const float memcpy_us = time_us(
+// Times cudaMemcpy of q and k (ping-pong), reports it under `label` and returns its GB/s: the 100% line.
+double report_memcpy(const Buffers& b, int reps, const std::string& label) {
+  const float us = time_us(
       [&](int i) {
         check(cudaMemcpyAsync(b.q[(i + 1) % 2], b.q[i % 2], b.q_bytes(), cudaMemcpyDeviceToDevice), "memcpy q");
         check(cudaMemcpyAsync(b.k[(i + 1) % 2], b.k[i % 2], b.k_bytes(), cudaMemcpyDeviceToDevice), "memcpy k");
       },
       reps);
-  const double copy_gbps = qk_bytes / (memcpy_us * 1e3);
-  report("memcpy q and k", tokens, qk_bytes, memcpy_us, copy_gbps);
+  const double gbps = b.qk_traffic() / (us * 1e3);
+  report(label.c_str(), b.tokens, b.qk_traffic(), us, gbps);
+  return gbps;
+}
 
-  const int64_t qw = static_cast<int64_t>(b.q_bytes() / 16), kw = static_cast<int64_t>(b.k_bytes() / 16);
+// Blocks of `block` threads for a copy kernel moving `warp_bytes` per warp over q and k.
+unsigned copy_grid(const Buffers& b, int warp_bytes, int block) {
+  const int64_t warps = (b.q_words() + b.k_words()) * 16 / warp_bytes;
+  return static_cast<unsigned>((warps * 32 + block - 1) / block);
+}
+
+// One launch of a copy kernel (the signature of the copies above) over q and k, from buffer i % 2 into
+// the other.
+template <typename Kernel>
+void launch_copy(Kernel kernel, const Buffers& b, int i, unsigned grid, int block, size_t smem = 0) {
+  kernel<<<grid, block, smem>>>(reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]),
+                                b.q_words(), reinterpret_cast<const uint4*>(b.k[i % 2]),
+                                reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), b.k_words());
+}
+
+void probe(int64_t tokens, int sms) {
+  const int d = kDefaultHeads.d;
+  Buffers b = make_buffers(kDefaultHeads, tokens);
+  const int reps = reps_for(tokens);
+  const double qk_bytes = b.qk_traffic();
+  const double fwd_bytes = qk_bytes + tokens * (d * sizeof(float) + sizeof(int32_t));
+  const double copy_gbps = report_memcpy(b, reps, "memcpy q and k");
+
   const auto copy_kernel = [&](const char* name, auto kernel, int warp_bytes, int block) {
-    const int64_t warps = (qw + kw) * 16 / warp_bytes;
-    const unsigned grid = static_cast<unsigned>((warps * 32 + block - 1) / block);
-    const float us = time_us(
-        [&](int i) {
-          kernel<<<grid, block>>>(reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]),
-                                  qw, reinterpret_cast<const uint4*>(b.k[i % 2]),
-                                  reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
-        },
-        reps);
+    const unsigned grid = copy_grid(b, warp_bytes, block);
+    const float us = time_us([&](int i) { launch_copy(kernel, b, i, grid, block); }, reps);
     report(name, tokens, qk_bytes, us, copy_gbps);
   };
   copy_kernel("copy, 1 KiB per warp", copy_warp_runs<1024, false>, 1024, 128);
@@ -252,14 +270,7 @@ void probe(int64_t tokens, int sms) {
   copy_kernel("copy, 4 KiB per warp", copy_warp_runs<4096, false>, 4096, 128);
   copy_kernel("copy, 2 KiB per warp, streaming hints", copy_warp_runs<2048, true>, 2048, 128);
   {
-    const float us = time_us(
-        [&](int i) {
-          copy_grid_stride<<<sms * 8, 256>>>(reinterpret_cast<const uint4*>(b.q[i % 2]),
-                                             reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), qw,
-                                             reinterpret_cast<const uint4*>(b.k[i % 2]),
-                                             reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
-        },
-        reps);
+    const float us = time_us([&](int i) { launch_copy(copy_grid_stride, b, i, sms * 8, 256); }, reps);
     report("copy, persistent grid stride", tokens, qk_bytes, us, copy_gbps);
   }
 
@@ -336,28 +347,14 @@ void probe_shapes(int sms) {
   for (const ShapeCase& c : cases) {
     for (int64_t tokens : {1024, 4096, 16384, 65536}) {
       Buffers b = make_buffers(c.heads, tokens);
-      const int reps = tokens >= 65536 ? 20 : (tokens >= 4096 ? 80 : 200);
-      const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
+      const int reps = reps_for(tokens);
+      const double qk_bytes = b.qk_traffic();
       const double fwd_bytes = qk_bytes + tokens * (c.heads.d * sizeof(float) + sizeof(int32_t));
-      const float memcpy_us = time_us(
-          [&](int i) {
-            check(cudaMemcpyAsync(b.q[(i + 1) % 2], b.q[i % 2], b.q_bytes(), cudaMemcpyDeviceToDevice), "memcpy q");
-            check(cudaMemcpyAsync(b.k[(i + 1) % 2], b.k[i % 2], b.k_bytes(), cudaMemcpyDeviceToDevice), "memcpy k");
-          },
-          reps);
-      const double copy_gbps = qk_bytes / (memcpy_us * 1e3);
       const std::string shape = "(" + std::to_string(c.heads.q) + "," + std::to_string(c.heads.k) + "," +
                                 std::to_string(c.heads.d) + ") ";
-      report((shape + "memcpy q and k").c_str(), tokens, qk_bytes, memcpy_us, copy_gbps);
-      const int64_t qw = static_cast<int64_t>(b.q_bytes() / 16), kw = static_cast<int64_t>(b.k_bytes() / 16);
-      const unsigned grid = static_cast<unsigned>(((qw + kw) * 16 / 2048 * 32 + 127) / 128);
-      const float copy_us = time_us(
-          [&](int i) {
-            copy_warp_runs<2048, false><<<grid, 128>>>(
-                reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), qw,
-                reinterpret_cast<const uint4*>(b.k[i % 2]), reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
-          },
-          reps);
+      const double copy_gbps = report_memcpy(b, reps, shape + "memcpy q and k");
+      const unsigned grid = copy_grid(b, 2048, 128);
+      const float copy_us = time_us([&](int i) { launch_copy(copy_warp_runs<2048, false>, b, i, grid, 128); }, reps);
       report((shape + "copy, 2 KiB per warp").c_str(), tokens, qk_bytes, copy_us, copy_gbps);
       const int ahead = sms * 40 * 1024 / static_cast<int>(c.heads.d * sizeof(bf16));
       for (int n : c.pairs) {
@@ -387,32 +384,18 @@ void probe_occupancy() {
         "smem opt-in");
   for (int64_t tokens : {4096, 16384, 65536}) {
     Buffers b = make_buffers(kDefaultHeads, tokens);
-    const int reps = tokens >= 65536 ? 20 : 80;
-    const double qk_bytes = 2.0 * static_cast<double>(b.q_bytes() + b.k_bytes());
-    const float memcpy_us = time_us(
-        [&](int i) {
-          check(cudaMemcpyAsync(b.q[(i + 1) % 2], b.q[i % 2], b.q_bytes(), cudaMemcpyDeviceToDevice), "memcpy q");
-          check(cudaMemcpyAsync(b.k[(i + 1) % 2], b.k[i % 2], b.k_bytes(), cudaMemcpyDeviceToDevice), "memcpy k");
-        },
-        reps);
-    const double copy_gbps = qk_bytes / (memcpy_us * 1e3);
-    report("memcpy q and k", tokens, qk_bytes, memcpy_us, copy_gbps);
-    const int64_t qw = static_cast<int64_t>(b.q_bytes() / 16), kw = static_cast<int64_t>(b.k_bytes() / 16);
-    const unsigned grid = static_cast<unsigned>(((qw + kw) * 16 / 2048 * 32 + 127) / 128);
+    const int reps = reps_for(tokens);
+    const double copy_gbps = report_memcpy(b, reps, "memcpy q and k");
+    const unsigned grid = copy_grid(b, 2048, 128);
     for (int blocks : {16, 10, 8, 6, 4}) {  // 4 warps each: 64, 40, 32, 24, 16 warps per SM
       const size_t smem = blocks >= 16 ? 0 : static_cast<size_t>(smem_per_sm / blocks - 2048);
       int resident = 0;
       check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, copy_warp_runs<2048, false>, 128, smem),
             "occupancy");
-      const float us = time_us(
-          [&](int i) {
-            copy_warp_runs<2048, false><<<grid, 128, smem>>>(
-                reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]), qw,
-                reinterpret_cast<const uint4*>(b.k[i % 2]), reinterpret_cast<uint4*>(b.k[(i + 1) % 2]), kw);
-          },
-          reps);
+      const float us =
+          time_us([&](int i) { launch_copy(copy_warp_runs<2048, false>, b, i, grid, 128, smem); }, reps);
       const std::string name = "copy, 2 KiB per warp, " + std::to_string(resident * 4) + " warps/SM";
-      report(name.c_str(), tokens, qk_bytes, us, copy_gbps);
+      report(name.c_str(), tokens, b.qk_traffic(), us, copy_gbps);
     }
     free_buffers(b);
   }
