@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/problem.h"
 #include "core/rope_math.h"
@@ -22,6 +23,11 @@ constexpr int kMaxHeadDim = 512;
 // or of the storage type, 16-byte aligned. The run-time type switches this removes sit on the critical
 // path of a small call: 2.24 -> 1.59 us per call at T = 1 under graph replay (benchmarks/results/run8_probe).
 enum class Inputs { kAny, kCommon };
+
+// The weight type a kernel built for In may assume (see load_scale): T for kCommon, read at run time (void)
+// otherwise.
+template <typename T, Inputs In>
+using AssumedWeight = std::conditional_t<In == Inputs::kCommon, T, void>;
 
 // Arguments every kernel receives by value.
 struct KernelArgs {
@@ -165,8 +171,10 @@ __device__ __forceinline__ void load_run(const void* base, ElemType type, int64_
   }
 }
 
-// Per-element scale of a run of K elements: weight_offset + w, or 1 without a weight.
-template <int K>
+// Per-element scale of a run of K elements: weight_offset + w, or 1 without a weight. WeightT void: the
+// weight's type is read at run time. WeightT given: the weight is known to have that type and 16-byte
+// alignment (Inputs::kCommon), so it is one typed load with no switch between the load and its use.
+template <int K, typename WeightT = void>
 __device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t index, bool vec, float (&out)[K]) {
   const void* w = p.weight[group & 1];
   if (w == nullptr) {
@@ -174,25 +182,13 @@ __device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t 
     for (int j = 0; j < K; ++j) out[j] = 1.0f;
     return;
   }
-  load_run<K>(w, p.weight_dtype[group & 1], index, vec, out);
+  if constexpr (std::is_void_v<WeightT>) {
+    load_run<K>(w, p.weight_dtype[group & 1], index, vec, out);
+  } else {
+    load_run_typed<K, WeightT>(w, index, true, out);
+  }
 #pragma unroll
   for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
-}
-
-// load_scale for Inputs::kCommon: the weight (if any) has the storage type T and 16-byte alignment.
-template <int K, typename T, Inputs In>
-__device__ __forceinline__ void load_scale_for(const Problem& p, int group, int64_t index, bool vec, float (&out)[K]) {
-  if constexpr (In == Inputs::kAny) {
-    load_scale<K>(p, group, index, vec, out);
-  } else {
-    const void* w = p.weight[group & 1];
-#pragma unroll
-    for (int j = 0; j < K; ++j) out[j] = 1.0f;
-    if (w == nullptr) return;
-    load_run_typed<K, T>(w, index, true, out);
-#pragma unroll
-    for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
-  }
 }
 
 // Fills scale[g * D + e] with element e of weight g's scale (weight_offset + w, or 1 without a weight),

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   if constexpr (!kStaged) {
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
-      load_scale_for<C, T, In>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
+      load_scale<C, AssumedWeight<T, In>>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
     }
   }
   RowPrefetch ahead;
