@@ -92,15 +92,17 @@ def test_row_prefetch_leaves_results_unchanged(ahead, dtype, head_dim):
 @pytest.mark.parametrize("head_dim", (64, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_common_and_general_input_kernels(dtype, head_dim):
-    """The tuned forward is built twice: for the common inputs (f32 cache, full rotary, weights absent or of
+    """The tuned kernels are built twice: for the common inputs (f32 cache, full rotary, weights absent or of
     q's dtype) without run-time type switches, and for any inputs. Inputs on both sides of that line, at
-    every N and style, with a weight offset and one weight missing, all match the reference."""
-    keys = jax.random.split(jax.random.PRNGKey(head_dim + 3), 6)
+    every N and style, with a weight offset and one weight missing, match the reference, forward and
+    backward; the backward on a grid of one 1-warp block per SM, so each warp runs many tasks back to back."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 3), 8)
     tokens = (53,)
     q = random_heads(keys[0], tokens, 5, head_dim, dtype)
     k = random_heads(keys[1], tokens, 2, head_dim, dtype)
     positions = random_positions(keys[2], tokens, 3000)
     same, f32 = random_weight(keys[3], head_dim, dtype), random_weight(keys[4], head_dim)
+    cot = (random_heads(keys[5], tokens, 5, head_dim, dtype), random_heads(keys[6], tokens, 2, head_dim, dtype))
     other = jnp.bfloat16 if dtype != jnp.bfloat16 else jnp.float16
     tables = {c: qkr.rope_cos_sin_cache(3000, head_dim, dtype=c) for c in (jnp.float32, other)}
     cases = {  # name: (q_weight, k_weight, cache dtype, weight_offset); the first two take the common kernel
@@ -109,15 +111,28 @@ def test_common_and_general_input_kernels(dtype, head_dim):
         "weights of another dtype": (f32 if dtype != jnp.float32 else same.astype(other), same, jnp.float32, 0.0),
         "cache of another dtype": (same, same, other, 0.5),
     }
+    up = lambda x: x.astype(jnp.float32)  # noqa: E731
+    # A gradient comes back in its input's dtype: a bf16 weight's is rounded to bf16 even when q is f32.
+    grad_scale = lambda x: 2e-2 / 1e-5 if x.dtype != jnp.float32 else 10.0  # noqa: E731
     for n in (1, 2, 4, 8, 16):
         for style in ("neox", "gptj"):
             for name, (wq, wk, cache_dtype, offset) in cases.items():
                 kw = dict(style=style, cos_sin_cache=tables[cache_dtype], weight_offset=offset)
-                with dispatch.override_choice(n):
-                    ours = jax.jit(lambda q, k, kw=kw, wq=wq, wk=wk: qkr.fused(q, k, positions, wq, wk, **kw))(q, k)
-                expected = ref.fused(q, k, positions, wq, wk, **kw)
+                args = (q, k, wq) if wk is None else (q, k, wq, wk)  # a missing weight has no gradient
+
+                def run(args, cot, kw=kw):  # a fresh jit per variant: lowered under the overrides
+                    out, vjp = jax.vjp(lambda *xs: qkr.fused(*xs[:2], positions, *xs[2:], **kw), *args)
+                    return out, vjp(cot)
+
+                with dispatch.override_choice(n), dispatch.override_backward(min(n, 8), 1, 1):
+                    ours, grads = jax.jit(run)(args, cot)
+                reference = lambda *xs, kw=kw: ref.fused(*xs[:2], positions, *xs[2:], **kw)  # noqa: E731
+                expected, ref_vjp = jax.vjp(reference, *map(up, args))
                 for a, e in zip(ours, expected, strict=True):
-                    assert_close(a, e, dtype, f"{name} N={n} {style}")
+                    assert_close(a, e.astype(dtype), dtype, f"{name} N={n} {style}")
+                names = ("dq", "dk", "dwq", "dwk")[: len(args)]
+                for gname, x, a, e in zip(names, args, grads, ref_vjp(tuple(map(up, cot))), strict=True):
+                    assert_close(a, e, jnp.float32, f"{gname} {name} N={n} {style}", scale=grad_scale(x))
 
 
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 256))

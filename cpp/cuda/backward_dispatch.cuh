@@ -7,13 +7,16 @@
 
 namespace qkrope::cuda {
 
-template <typename T, int D, int N, Style S>
+template <Inputs In>
 struct BackwardTuned {
-  static constexpr int kPairs = N == 16 ? 8 : N;  // the backward has no 16-pair variant
-  // Shared memory per warp: a [2][D] float weight-gradient reduction row.
-  static TunedChoice<void (*)(KernelArgs, BackwardOutputs)> choice() {
-    return {backward_tuned_kernel<T, D, kPairs, S>, kPairs, 2 * D * sizeof(float)};
-  }
+  template <typename T, int D, int N, Style S>
+  struct Family {
+    static constexpr int kPairs = N == 16 ? 8 : N;  // the backward has no 16-pair variant
+    // Shared memory per warp: a [2][D] float weight-gradient reduction row.
+    static TunedChoice<void (*)(KernelArgs, BackwardOutputs)> choice() {
+      return {backward_tuned_kernel<T, D, kPairs, S, In>, kPairs, 2 * D * sizeof(float)};
+    }
+  };
 };
 
 template <typename T, int C, Style S>
@@ -32,7 +35,9 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
   cudaError_t err;
   if (use_tuned<T>(p)) {
-    const auto c = pick_tuned<BackwardTuned, T>(p, launch.pairs_per_warp);
+    const auto c = common_inputs<T>(args)
+                       ? pick_tuned<BackwardTuned<Inputs::kCommon>::template Family, T>(p, launch.pairs_per_warp)
+                       : pick_tuned<BackwardTuned<Inputs::kAny>::template Family, T>(p, launch.pairs_per_warp);
     const size_t smem = c.smem_per_warp * launch.warps_per_block;
     err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
   } else {

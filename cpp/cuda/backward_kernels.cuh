@@ -40,7 +40,7 @@ __device__ __forceinline__ void write_block_partials(const float* red, int head_
   }
 }
 
-template <typename T, int D, int N, Style S>
+template <typename T, int D, int N, Style S, Inputs In>
 __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const KernelArgs a, const BackwardOutputs o) {
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       if (at.valid[i] && at.token[i] != angles_token) {
-        load_tuned_angles<Lay>(a, load_position(p, at.token[i]), gl, cs, sn);
+        load_tuned_angles<Lay, In>(a, load_position(p, at.token[i]), gl, cs, sn);
         angles_token = at.token[i];
       }
       float x[SL][C], g[SL][C];

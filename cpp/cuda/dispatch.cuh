@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/device_common.cuh"
 #include "cuda/launch_kernel.cuh"
@@ -23,6 +24,20 @@ bool heads_aligned(const Problem& p, int bytes) {
     if (!aligned(g.in, bytes) || !aligned(g.out, bytes) || (g.grad && !aligned(g.grad, bytes))) return false;
   }
   return true;
+}
+
+template <typename T>
+constexpr ElemType kElemTypeOf = std::is_same_v<T, float> ? ElemType::kF32
+                                 : std::is_same_v<T, __half> ? ElemType::kF16
+                                                             : ElemType::kBF16;
+
+// The inputs Inputs::kCommon assumes (see there): checked here, per call.
+template <typename T>
+bool common_inputs(const KernelArgs& a) {
+  const Problem& p = a.p;
+  const auto weight_ok = [&](int g) { return p.weight[g] == nullptr || p.weight_dtype[g] == kElemTypeOf<T>; };
+  return p.table.is_cache && p.table.dtype == ElemType::kF32 && a.table_vec && p.rotary_dim == p.head_dim &&
+         a.weight_vec && weight_ok(0) && weight_ok(1);
 }
 
 // The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox.

@@ -2,8 +2,6 @@
 // so the instantiations compile in parallel.
 #pragma once
 
-#include <type_traits>
-
 #include "cuda/dispatch.cuh"
 #include "cuda/forward_kernels.cuh"
 
@@ -19,20 +17,6 @@ struct ForwardTuned {
     }
   };
 };
-
-template <typename T>
-constexpr ElemType kElemTypeOf = std::is_same_v<T, float> ? ElemType::kF32
-                                 : std::is_same_v<T, __half> ? ElemType::kF16
-                                                             : ElemType::kBF16;
-
-// The inputs Inputs::kCommon assumes (see there): checked here, per call.
-template <typename T>
-bool common_inputs(const KernelArgs& a) {
-  const Problem& p = a.p;
-  const auto weight_ok = [&](int g) { return p.weight[g] == nullptr || p.weight_dtype[g] == kElemTypeOf<T>; };
-  return p.table.is_cache && p.table.dtype == ElemType::kF32 && a.table_vec && p.rotary_dim == p.head_dim &&
-         a.weight_vec && weight_ok(0) && weight_ok(1);
-}
 
 template <typename T, int C, Style S>
 struct ForwardGeneric {
