@@ -24,9 +24,13 @@ TUNED_HEAD_DIMS = (64, 128, 256)
 # give each lane more bytes in flight on large ones.
 DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
-BACKWARD_WARPS_PER_BLOCK = 4  # best of the H100 launch-shape sweep for (32, 8, 128) (benchmarks/kernel_variants.py)
-BACKWARD_BLOCKS_PER_SM = 4
-BACKWARD_PAIRS_PER_WARP = 4  # tuned head dims; the generic kernels take one pair at a time
+# The backward's persistent grid, (pairs per warp, warps per block, blocks per SM) by head_dim, from the
+# H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
+# need 8 pairs per warp for enough bytes in flight (96% of copy bandwidth against 64-70% at 4); at 4 pairs a
+# 256-dim lane needs 163 registers, 3 of the 4 blocks fit on an SM and the rest ran as a second wave
+# (80-87% against 95-97% at 2). The generic kernels take one pair at a time.
+BACKWARD_LAUNCH = {64: (8, 8, 2), 128: (4, 4, 4), 256: (2, 8, 2)}
+BACKWARD_GENERIC_LAUNCH = (1, 4, 4)
 # The tuned forward kernels warm L2 with the cos/sin rows of the pairs this many head bytes per SM ahead
 # of each warp (about one wave of resident warps): far enough ahead for the rows to arrive before the
 # warps that need them, near enough to stay in L2. From the H100 sweep in benchmarks/stream_probe.cu.
@@ -191,8 +195,7 @@ def backward_launch(
     split evenly among the examples. The block count fixes the weight-gradient reduction order."""
     if platform != "cuda":
         return Launch(1, 1), 1
-    n = BACKWARD_PAIRS_PER_WARP if head_dim in TUNED_HEAD_DIMS else 1
-    warps, blocks_per_sm = BACKWARD_WARPS_PER_BLOCK, BACKWARD_BLOCKS_PER_SM
+    n, warps, blocks_per_sm = BACKWARD_LAUNCH.get(head_dim, BACKWARD_GENERIC_LAUNCH)
     if _backward_override:
         n, warps, blocks_per_sm = _backward_override[-1]
     launch = Launch(n, warps)

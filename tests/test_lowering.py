@@ -94,7 +94,7 @@ def test_cuda_backward_lowering_has_persistent_partials():
     with dispatch.assume_device(H100):
         text = cuda_text(g, q, w)
     _, blocks = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda")
-    assert blocks == dispatch.BACKWARD_BLOCKS_PER_SM * 132
+    assert blocks == dispatch.BACKWARD_LAUNCH[128][2] * 132
     assert re.search(rf"stablehlo.custom_call @qkrope_bwd\(.*tensor<1x{blocks}x2x128xf32>", text)
 
 
