@@ -9,6 +9,7 @@
 //   probe shapes    every benchmark head shape: memcpy, a 2 KiB-per-warp copy, forward neox/gptj at two N
 //   probe occupancy a 2 KiB-per-warp copy with the resident warps per SM capped (shared memory)
 //   probe small     T = 1 and 16 under CUDA graph replay: an empty kernel (the floor) and the forward
+//   probe backward  every benchmark head shape: the backward at several persistent-grid shapes
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -215,6 +216,30 @@ qkrope::Problem forward_problem(const Buffers& b, int i, const int32_t* position
   return p;
 }
 
+// The backward's persistent grid: pairs per warp, warps per block, blocks per SM.
+struct BackwardGrid {
+  int pairs, warps, blocks_per_sm;
+};
+
+// Median microseconds of the backward (random positions, f32 cache; with or without both weights and
+// their gradients) on `grid`.
+float time_backward(const Buffers& b, int sms, BackwardGrid grid, bool weights, qkrope::Style style, int reps) {
+  qkrope::BackwardOutputs o;
+  o.dweight[0] = weights ? b.dweight : nullptr;
+  o.dweight[1] = weights ? b.dweight + b.heads.d : nullptr;
+  o.partials = b.partials;
+  o.blocks_per_example = static_cast<int64_t>(sms) * grid.blocks_per_sm;
+  const qkrope::Launch launch{grid.pairs, grid.warps, false, 0};
+  return time_us(
+      [&](int i) {
+        qkrope::Problem p = forward_problem(b, i, b.pos_random, true, weights, style);
+        p.group[0].grad = b.dq;
+        p.group[1].grad = b.dk;
+        check(qk::backward(p, o, launch, nullptr), "backward");
+      },
+      reps);
+}
+
 void report(const char* name, int64_t tokens, double bytes, float us, double copy_gbps) {
   const double gbps = bytes / (us * 1e3);
   std::printf("%-40s T=%6lld %10.2f us %8.1f GB/s %6.1f%% of memcpy\n", name, static_cast<long long>(tokens), us, gbps,
@@ -314,20 +339,7 @@ void probe(int64_t tokens, int sms) {
   for (int blocks_per_sm : {2, 4}) {
     for (bool weights : {true, false}) {
       const int warps = 16 / blocks_per_sm;
-      qkrope::BackwardOutputs o;
-      o.dweight[0] = weights ? b.dweight : nullptr;
-      o.dweight[1] = weights ? b.dweight + d : nullptr;
-      o.partials = b.partials;
-      o.blocks_per_example = static_cast<int64_t>(sms) * blocks_per_sm;
-      const qkrope::Launch launch{4, warps, false, 0};
-      const float us = time_us(
-          [&](int i) {
-            qkrope::Problem p = forward_problem(b, i, b.pos_random, true, weights, neox);
-            p.group[0].grad = b.dq;
-            p.group[1].grad = b.dk;
-            check(qk::backward(p, o, launch, nullptr), "backward");
-          },
-          reps);
+      const float us = time_backward(b, sms, {4, warps, blocks_per_sm}, weights, neox, reps);
       const std::string name = "backward neox N=4 w" + std::to_string(warps) + " b/SM " + std::to_string(blocks_per_sm) +
                                (weights ? "" : ", no weights");
       report(name.c_str(), tokens, bwd_bytes, us, copy_gbps);
@@ -514,6 +526,32 @@ void probe_small() {
   }
 }
 
+// The backward of every benchmark head shape, both styles, at several persistent-grid shapes (pairs per
+// warp, warps per block, blocks per SM), with weight gradients, next to memcpy of q and k.
+void probe_backward(int sms) {
+  const BackwardGrid configs[] = {{4, 4, 4}, {4, 4, 3}, {4, 8, 2}, {2, 8, 2}, {2, 4, 4}, {8, 4, 4}, {8, 8, 2}};
+  for (const Heads heads : {Heads{32, 8, 128}, Heads{16, 2, 256}, Heads{16, 16, 64}}) {
+    for (int64_t tokens : {4096, 16384, 65536}) {
+      Buffers b = make_buffers(heads, tokens);
+      const int reps = reps_for(tokens);
+      const std::string shape = "(" + std::to_string(heads.q) + "," + std::to_string(heads.k) + "," +
+                                std::to_string(heads.d) + ") ";
+      const double copy_gbps = report_memcpy(b, reps, shape + "memcpy q and k");
+      const double bwd_bytes = 1.5 * b.qk_traffic() + tokens * (heads.d * sizeof(float) + sizeof(int32_t));
+      for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
+        for (const BackwardGrid& c : configs) {
+          const float us = time_backward(b, sms, c, true, style, reps);
+          char name[96];
+          std::snprintf(name, sizeof(name), "%sbwd %s N=%d w%d b/SM %d", shape.c_str(),
+                        style == qkrope::Style::kNeox ? "neox" : "gptj", c.pairs, c.warps, c.blocks_per_sm);
+          report(name, tokens, bwd_bytes, us, copy_gbps);
+        }
+      }
+      free_buffers(b);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -532,8 +570,10 @@ int main(int argc, char** argv) {
     probe_occupancy();
   } else if (mode == "small") {
     probe_small();
+  } else if (mode == "backward") {
+    probe_backward(sms);
   } else {
-    std::fprintf(stderr, "unknown mode %s (all, shapes, occupancy, small)\n", mode.c_str());
+    std::fprintf(stderr, "unknown mode %s (all, shapes, occupancy, small, backward)\n", mode.c_str());
     return 2;
   }
   return 0;
