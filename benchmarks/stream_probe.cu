@@ -6,7 +6,8 @@
 // calls), plus what the variant itself reads. Build and run: benchmarks/device_run.sh stream_probe.
 //
 //   probe [all]     (32, 8, 128): copies, forward variants (one read removed at a time), backward
-//   probe shapes    every benchmark head shape: memcpy, a 2 KiB-per-warp copy, forward neox/gptj at two N
+//   probe shapes    every benchmark head shape: memcpy, a 2 KiB-per-warp copy, forward neox/gptj at two N,
+//                   4 and 8 warps per block
 //   probe occupancy a 2 KiB-per-warp copy with the resident warps per SM capped (shared memory)
 //   probe small     T = 1 and 16 under CUDA graph replay: an empty kernel (the floor) and the forward
 //   probe backward  every benchmark head shape: the backward at several persistent-grid shapes
@@ -371,15 +372,18 @@ void probe_shapes(int sms) {
       const int ahead = sms * 40 * 1024 / static_cast<int>(c.heads.d * sizeof(bf16));
       for (int n : c.pairs) {
         for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
-          const qkrope::Launch launch{n, 4, false, ahead};
-          const float us = time_us(
-              [&](int i) {
-                check(qk::forward(forward_problem(b, i, b.pos_random, true, true, style), launch, nullptr), "forward");
-              },
-              reps);
-          const std::string name =
-              shape + "forward " + (style == qkrope::Style::kNeox ? "neox" : "gptj") + " N=" + std::to_string(n);
-          report(name.c_str(), tokens, fwd_bytes, us, copy_gbps);
+          for (int warps : {4, 8}) {  // warps per block (the library launches 4)
+            const qkrope::Launch launch{n, warps, false, ahead};
+            const float us = time_us(
+                [&](int i) {
+                  check(qk::forward(forward_problem(b, i, b.pos_random, true, true, style), launch, nullptr),
+                        "forward");
+                },
+                reps);
+            const std::string name = shape + "forward " + (style == qkrope::Style::kNeox ? "neox" : "gptj") +
+                                     " N=" + std::to_string(n) + (warps == 4 ? "" : " w" + std::to_string(warps));
+            report(name.c_str(), tokens, fwd_bytes, us, copy_gbps);
+          }
         }
       }
       free_buffers(b);
