@@ -3,6 +3,7 @@ backward's partials, and the FFI version check."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -96,6 +97,18 @@ def test_cuda_backward_lowering_has_persistent_partials():
     _, blocks = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda")
     assert blocks == dispatch.BACKWARD_LAUNCH[128][2] * 132
     assert re.search(rf"stablehlo.custom_call @qkrope_bwd\(.*tensor<1x{blocks}x2x128xf32>", text)
+
+
+@pytest.mark.parametrize(("head_dim", "grid"), [(64, (8, 8, 2)), (128, (4, 4, 4)), (256, (2, 8, 2)), (80, (1, 4, 4))])
+def test_backward_launch_shape_per_head_dim(head_dim, grid):
+    """The persistent backward grid the H100 sweep chose per head_dim (results/run9_backward), split evenly
+    over the examples, never more blocks than the pairs need, and one block on the CPU."""
+    pairs, warps, blocks_per_sm = grid
+    launch, blocks = dispatch.backward_launch(65536 * 32, head_dim, 2, H100, "cuda")
+    assert (launch.pairs_per_warp, launch.warps_per_block, blocks) == (pairs, warps, blocks_per_sm * 132 // 2)
+    _, few = dispatch.backward_launch(96, head_dim, 1, H100, "cuda")
+    assert few == math.ceil(96 / pairs / warps)  # only the blocks 96 pairs need
+    assert dispatch.backward_launch(65536 * 32, head_dim, 1, H100, "cpu")[1] == 1
 
 
 def test_cpu_lowering_uses_the_cpu_target():
