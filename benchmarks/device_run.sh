@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate256 bench bench_backward examples
-#   quickbench small_t ncu_check variants ncu_detail multigpu stream_probe probe_regs probe_variants
+#   quickbench small_t ncu_check variants ncu_detail ncu_stalls multigpu stream_probe probe_regs probe_variants
 # Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -87,6 +87,19 @@ ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned
     gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed \
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_detail.csv" 2> "$OUT/ncu_detail.err"
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_detail.csv"
+}
+# Where the forward's warps wait at T = 4096 against T = 65536 ((32, 8, 128) neox, N = 8, third call of
+# each: inputs warm in L2): warp-state, scheduler, memory-workload and occupancy sections.
+ncu_stalls() {
+  local tokens
+  for tokens in 4096 65536; do
+    ncu --kernel-name regex:forward_tuned --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
+      --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section Occupancy \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+      python3 benchmarks/ncu_kernels.py --tokens "$tokens" --choices 8 --forward-only > "$OUT/ncu_stalls_$tokens.txt" 2>&1
+    echo "ncu T=$tokens exit $?"
+  done
+  grep -E "stalled|Duration|Throughput|Warp Cycles|Active Warps|Hit Rate" "$OUT"/ncu_stalls_*.txt | head -90
 }
 # The standalone probe (benchmarks/stream_probe.cu: the kernels next to plain copies, no JAX), built into
 # $1 with extra nvcc flags $2 (ptxas register reports in $1/ptxas_<source>.log).
