@@ -30,8 +30,7 @@ from jax_qkrope.bench import Case, make_inputs, time_forward
 
 HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256), "generic": (32, 8, 80)}
 TOKENS = (1, 16, 128, 1024, 4096, 16384, 65536)
-STYLES = ("neox", "gptj")
-TABLE_KEY = {"neox": "forward", "gptj": "forward_gptj"}
+STYLES = tuple(dispatch.FORWARD_TABLE_KEYS)
 CHOICES = dispatch.AUTO_CHOICES
 TIE = 0.01  # within 1% of the fastest counts as a tie, won by the earlier choice (more parallelism)
 ROUNDS = 3  # re-timings of auto and of the best forced N in the final check
@@ -111,13 +110,14 @@ def main() -> None:
     previous = dispatch.load_calibration((major, minor)) if partial else None
     if previous is not None:  # merge the re-measured classes; keep the PDL decision
         for style in STYLES:
-            tables[style] = {**previous.get(TABLE_KEY[style], previous["forward"]), **tables[style]}
+            tables[style] = {**dispatch.forward_tables(previous, style), **tables[style]}
         pdl_max_pairs = int(previous.get("pdl_max_pairs", 0))
     else:
         pdl_max_pairs = measure_pdl_max_pairs(tables["neox"]["128"])
     calibration = dict(arch=f"sm_{major}{minor}", device=facts.name, sms=facts.num_sms,
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
-                       **{TABLE_KEY[style]: tables[style] for style in STYLES}, pdl_max_pairs=pdl_max_pairs,
+                       **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
+                       pdl_max_pairs=pdl_max_pairs,
                        remeasured=args.classes if partial else list(HEAD_DIM_CLASSES))
     path = dispatch.CALIBRATION_DIR / f"sm{major}{minor}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -163,17 +163,26 @@ def prefetch_distance(num_pairs: int, head_dim: int, itemsize: int, facts: Devic
     return ahead if 0 < ahead < num_pairs else 0
 
 
+# The key of each rotary style's thresholds in a calibration file (benchmarks/calibrate.py writes them).
+FORWARD_TABLE_KEYS = {"neox": "forward", "gptj": "forward_gptj"}
+
+
+def forward_tables(calibration: dict, style: str) -> dict:
+    """A calibration's thresholds per head_dim class for a rotary style; files from before the per-style
+    tables hold one table ("forward"), used for both."""
+    return calibration.get(FORWARD_TABLE_KEYS[style], calibration["forward"])
+
+
 def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts, itemsize: int,
                    style: str = "neox") -> Launch:
     """Launch parameters of the forward kernel for num_pairs (token, head) pairs of itemsize-byte elements.
-    A calibration holds a table per rotary style ("forward" for neox, "forward_gptj"): their kernels
-    differ in how a lane holds its pairs, and so in the N that wins."""
+    A calibration holds a table per rotary style (FORWARD_TABLE_KEYS): their kernels differ in how a lane
+    holds its pairs, and so in the N that wins."""
     calibration = load_calibration(facts.compute_capability)
     thresholds = DEFAULT_FORWARD_THRESHOLDS
     pdl_max_pairs = 0
     if calibration is not None:
-        tables = calibration.get(f"forward_{style}", calibration["forward"])
-        thresholds = tables.get(head_dim_class(head_dim), thresholds)
+        thresholds = forward_tables(calibration, style).get(head_dim_class(head_dim), thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
     if forced is not None:
         choice = forced

@@ -35,9 +35,7 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
   cudaError_t err;
   if (use_tuned<T>(p)) {
-    const auto c = common_inputs<T>(args)
-                       ? pick_tuned<BackwardTuned<Inputs::kCommon>::template Family, T>(p, launch.pairs_per_warp)
-                       : pick_tuned<BackwardTuned<Inputs::kAny>::template Family, T>(p, launch.pairs_per_warp);
+    const auto c = pick_tuned_for_inputs<BackwardTuned, T>(args, launch.pairs_per_warp);
     const size_t smem = c.smem_per_warp * launch.warps_per_block;
     err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
   } else {

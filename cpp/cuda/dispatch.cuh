@@ -103,6 +103,14 @@ auto pick_tuned(const Problem& p, int n) {
                                  : tuned_for_dim<Family, T, Style::kGptj>(p.head_dim, n);
 }
 
+// The tuned kernel of family Tuned (ForwardTuned, BackwardTuned) for these arguments: built for the common
+// inputs where they hold, for any inputs otherwise.
+template <template <Inputs> class Tuned, typename T>
+auto pick_tuned_for_inputs(const KernelArgs& a, int n) {
+  return common_inputs<T>(a) ? pick_tuned<Tuned<Inputs::kCommon>::template Family, T>(a.p, n)
+                             : pick_tuned<Tuned<Inputs::kAny>::template Family, T>(a.p, n);
+}
+
 // Lanes per head of the generic kernels: enough for every chunk within the K slots of a lane, and at
 // least 32 / pairs_per_warp so a warp never runs more heads at once than it owns.
 template <typename T>

@@ -37,9 +37,7 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   };
   dim3 grid;
   if (use_tuned<T>(p)) {
-    const auto choice = common_inputs<T>(args)
-                            ? pick_tuned<ForwardTuned<Inputs::kCommon>::template Family, T>(p, launch.pairs_per_warp)
-                            : pick_tuned<ForwardTuned<Inputs::kAny>::template Family, T>(p, launch.pairs_per_warp);
+    const auto choice = pick_tuned_for_inputs<ForwardTuned, T>(args, launch.pairs_per_warp);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
     return launch_kernel(choice.kernel, grid, block, 0, stream, launch.pdl, args);
   }
