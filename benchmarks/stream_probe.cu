@@ -44,6 +44,16 @@ struct Heads {
 };
 constexpr Heads kDefaultHeads{32, 8, 128};
 
+// "(Hq,Hk,D) ", the prefix of a shape's report lines.
+std::string shape_label(Heads h) {
+  return "(" + std::to_string(h.q) + "," + std::to_string(h.k) + "," + std::to_string(h.d) + ") ";
+}
+
+const char* style_name(qkrope::Style style) { return style == qkrope::Style::kNeox ? "neox" : "gptj"; }
+
+// The library's cos/sin prefetch distance in pairs (dispatch.PREFETCH_BYTES_PER_SM of bf16 heads per SM).
+int prefetch_pairs(int sms, Heads h) { return sms * 40 * 1024 / static_cast<int>(h.d * sizeof(bf16)); }
+
 // Streaming (evict-first) loads and stores, the hints a pure copy may want.
 __device__ __forceinline__ uint4 load_word(const uint4* p, bool stream) { return stream ? __ldcs(p) : *p; }
 __device__ __forceinline__ void store_word(uint4* p, uint4 v, bool stream) {
@@ -120,6 +130,10 @@ struct Buffers {
   size_t q_bytes() const { return static_cast<size_t>(tokens) * heads.q * heads.d * sizeof(bf16); }
   size_t k_bytes() const { return static_cast<size_t>(tokens) * heads.k * heads.d * sizeof(bf16); }
   double qk_traffic() const { return 2.0 * static_cast<double>(q_bytes() + k_bytes()); }  // read + written
+  // One f32 cos/sin row and one position per token.
+  double row_traffic() const { return static_cast<double>(tokens) * (heads.d * sizeof(float) + sizeof(int32_t)); }
+  double forward_traffic() const { return qk_traffic() + row_traffic(); }
+  double backward_traffic() const { return 1.5 * qk_traffic() + row_traffic(); }  // x and dy read, dx written
   int64_t q_words() const { return static_cast<int64_t>(q_bytes() / 16); }
   int64_t k_words() const { return static_cast<int64_t>(k_bytes() / 16); }
 };
@@ -279,11 +293,9 @@ void launch_copy(Kernel kernel, const Buffers& b, int i, unsigned grid, int bloc
 }
 
 void probe(int64_t tokens, int sms) {
-  const int d = kDefaultHeads.d;
   Buffers b = make_buffers(kDefaultHeads, tokens);
   const int reps = reps_for(tokens);
   const double qk_bytes = b.qk_traffic();
-  const double fwd_bytes = qk_bytes + tokens * (d * sizeof(float) + sizeof(int32_t));
   const double copy_gbps = report_memcpy(b, reps, "memcpy q and k");
 
   const auto copy_kernel = [&](const char* name, auto kernel, int warp_bytes, int block) {
@@ -302,7 +314,7 @@ void probe(int64_t tokens, int sms) {
 
   // The forward as dispatched (rows warmed a wave ahead: dispatch.PREFETCH_BYTES_PER_SM) and what each
   // of its reads costs: no prefetch, positions all 0 (the row chain always hits), no weights, no table.
-  const int ahead = sms * 40 * 1024 / static_cast<int>(d * sizeof(bf16));
+  const int ahead = prefetch_pairs(sms, kDefaultHeads);
   struct FwdVariant {
     std::string name;
     const int32_t* positions;
@@ -314,7 +326,7 @@ void probe(int64_t tokens, int sms) {
   std::vector<FwdVariant> fwd;
   for (int n : {4, 8, 16}) {
     for (qkrope::Style style : {neox, gptj}) {
-      const std::string tag = std::string("forward ") + (style == neox ? "neox" : "gptj") + " N=" + std::to_string(n);
+      const std::string tag = std::string("forward ") + style_name(style) + " N=" + std::to_string(n);
       fwd.push_back({tag, b.pos_random, true, true, n, ahead, style});
       if (n != 8 || style != neox) continue;
       fwd.push_back({tag + ", no prefetch", b.pos_random, true, true, n, 0, style});
@@ -331,26 +343,25 @@ void probe(int64_t tokens, int sms) {
                 "forward");
         },
         reps);
-    report(v.name.c_str(), tokens, fwd_bytes, us, copy_gbps);
+    report(v.name.c_str(), tokens, b.forward_traffic(), us, copy_gbps);
   }
 
   // Backward: x and dy read, dx written (q and k), cos/sin rows and positions read; with and without
   // the weight gradients (their partials and the reduction kernel).
-  const double bwd_bytes = 1.5 * qk_bytes + tokens * (d * sizeof(float) + sizeof(int32_t));
   for (int blocks_per_sm : {2, 4}) {
     for (bool weights : {true, false}) {
       const int warps = 16 / blocks_per_sm;
       const float us = time_backward(b, sms, {4, warps, blocks_per_sm}, weights, neox, reps);
       const std::string name = "backward neox N=4 w" + std::to_string(warps) + " b/SM " + std::to_string(blocks_per_sm) +
                                (weights ? "" : ", no weights");
-      report(name.c_str(), tokens, bwd_bytes, us, copy_gbps);
+      report(name.c_str(), tokens, b.backward_traffic(), us, copy_gbps);
     }
   }
   free_buffers(b);
 }
 
 // Every benchmark head shape at two pairs-per-warp values, next to memcpy and a copy kernel of the same
-// bytes; run from builds with different register limits (-maxrregcount) to see what occupancy buys.
+// bytes, at 4 and 8 warps per block; probe_regs runs it from builds with capped registers.
 void probe_shapes(int sms) {
   struct ShapeCase {
     Heads heads;
@@ -361,15 +372,12 @@ void probe_shapes(int sms) {
     for (int64_t tokens : {1024, 4096, 16384, 65536}) {
       Buffers b = make_buffers(c.heads, tokens);
       const int reps = reps_for(tokens);
-      const double qk_bytes = b.qk_traffic();
-      const double fwd_bytes = qk_bytes + tokens * (c.heads.d * sizeof(float) + sizeof(int32_t));
-      const std::string shape = "(" + std::to_string(c.heads.q) + "," + std::to_string(c.heads.k) + "," +
-                                std::to_string(c.heads.d) + ") ";
+      const std::string shape = shape_label(c.heads);
       const double copy_gbps = report_memcpy(b, reps, shape + "memcpy q and k");
       const unsigned grid = copy_grid(b, 2048, 128);
       const float copy_us = time_us([&](int i) { launch_copy(copy_warp_runs<2048, false>, b, i, grid, 128); }, reps);
-      report((shape + "copy, 2 KiB per warp").c_str(), tokens, qk_bytes, copy_us, copy_gbps);
-      const int ahead = sms * 40 * 1024 / static_cast<int>(c.heads.d * sizeof(bf16));
+      report((shape + "copy, 2 KiB per warp").c_str(), tokens, b.qk_traffic(), copy_us, copy_gbps);
+      const int ahead = prefetch_pairs(sms, c.heads);
       for (int n : c.pairs) {
         for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
           for (int warps : {4, 8}) {  // warps per block (the library launches 4)
@@ -380,9 +388,9 @@ void probe_shapes(int sms) {
                         "forward");
                 },
                 reps);
-            const std::string name = shape + "forward " + (style == qkrope::Style::kNeox ? "neox" : "gptj") +
-                                     " N=" + std::to_string(n) + (warps == 4 ? "" : " w" + std::to_string(warps));
-            report(name.c_str(), tokens, fwd_bytes, us, copy_gbps);
+            const std::string name = shape + "forward " + style_name(style) + " N=" + std::to_string(n) +
+                                     (warps == 4 ? "" : " w" + std::to_string(warps));
+            report(name.c_str(), tokens, b.forward_traffic(), us, copy_gbps);
           }
         }
       }
@@ -494,35 +502,27 @@ void probe_small() {
                     chain ? "position -> row -> store" : "copy (load -> store)");
       std::printf("%-48s %10.2f us per launch\n", name, us);
     }
-    {
+    // The neox forward at `launch` under graph replay, reported as `label`.
+    const auto forward = [&](const qkrope::Launch& launch, bool cache, bool weights, const char* label) {
       int call = 0;
-      const qkrope::Launch launch{2, 4, false, 0};
       const float us = graph_us(
           [&](cudaStream_t s) {
-            check(qk::forward(forward_problem(b, call++, b.pos_random, true, false, qkrope::Style::kNeox), launch, s),
+            check(qk::forward(forward_problem(b, call++, b.pos_random, cache, weights, qkrope::Style::kNeox), launch,
+                              s),
                   "forward");
           },
           kCount);
       char name[96];
-      std::snprintf(name, sizeof(name), "graph: forward neox T=%lld N=2 no weights", static_cast<long long>(tokens));
+      std::snprintf(name, sizeof(name), "graph: forward neox T=%lld %s", static_cast<long long>(tokens), label);
       std::printf("%-48s %10.2f us per launch\n", name, us);
-    }
+    };
+    forward({2, 4, false, 0}, true, false, "N=2 no weights");
     for (int n : {1, 2, 4}) {
       for (bool pdl : {false, true}) {
         for (bool cache : {true, false}) {
-          int call = 0;
-          const qkrope::Launch launch{n, 4, pdl, 0};
-          const float us = graph_us(
-              [&](cudaStream_t s) {
-                check(qk::forward(forward_problem(b, call++, b.pos_random, cache, true, qkrope::Style::kNeox), launch,
-                                  s),
-                      "forward");
-              },
-              kCount);
-          char name[96];
-          std::snprintf(name, sizeof(name), "graph: forward neox T=%lld N=%d pdl=%d %s", static_cast<long long>(tokens),
-                        n, pdl ? 1 : 0, cache ? "cache" : "cache-free");
-          std::printf("%-48s %10.2f us per launch\n", name, us);
+          char label[48];
+          std::snprintf(label, sizeof(label), "N=%d pdl=%d %s", n, pdl ? 1 : 0, cache ? "cache" : "cache-free");
+          forward({n, 4, pdl, 0}, cache, true, label);
         }
       }
     }
@@ -538,17 +538,15 @@ void probe_backward(int sms) {
     for (int64_t tokens : {4096, 16384, 65536}) {
       Buffers b = make_buffers(heads, tokens);
       const int reps = reps_for(tokens);
-      const std::string shape = "(" + std::to_string(heads.q) + "," + std::to_string(heads.k) + "," +
-                                std::to_string(heads.d) + ") ";
+      const std::string shape = shape_label(heads);
       const double copy_gbps = report_memcpy(b, reps, shape + "memcpy q and k");
-      const double bwd_bytes = 1.5 * b.qk_traffic() + tokens * (heads.d * sizeof(float) + sizeof(int32_t));
       for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
         for (const BackwardGrid& c : configs) {
           const float us = time_backward(b, sms, c, true, style, reps);
           char name[96];
-          std::snprintf(name, sizeof(name), "%sbwd %s N=%d w%d b/SM %d", shape.c_str(),
-                        style == qkrope::Style::kNeox ? "neox" : "gptj", c.pairs, c.warps, c.blocks_per_sm);
-          report(name, tokens, bwd_bytes, us, copy_gbps);
+          std::snprintf(name, sizeof(name), "%sbwd %s N=%d w%d b/SM %d", shape.c_str(), style_name(style), c.pairs,
+                        c.warps, c.blocks_per_sm);
+          report(name, tokens, b.backward_traffic(), us, copy_gbps);
         }
       }
       free_buffers(b);
