@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
-#   build ensure_built tests tests_kernels sanitize calibrate calibrate256 bench bench_backward examples
-#   quickbench small_t ncu_check variants ncu_detail ncu_stalls multigpu stream_probe probe_regs probe_variants
-# Logs and results go under $OUT; everything is also packed into $OUT/results.tgz.
+#   build ensure_built tests tests_kernels sanitize calibrate calibrate_classes bench bench_backward examples
+#   quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+# Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/qkrope_out}
@@ -38,8 +38,8 @@ tests_kernels() {  # the GPU kernel tests and the forward matrix only
 
 # SANITIZE_TOOLS: the compute-sanitizer tools (default all three). XLA runs without command buffers (CUDA
 # graphs) and autotuning under the sanitizer. The Python process still segfaults now and then (exit 139)
-# before any kernel runs, with no sanitizer report, whichever the tool (results/sanitizer_h100_run8, _run9):
-# such a run is kept as sanitizer_<tool>_segfault.log and the tool runs once more.
+# before any kernel runs, with no sanitizer report, whichever the tool (results/sanitizer_h100_run8, _run9,
+# _run10): such a run is kept as sanitizer_<tool>_segfault.log and the tool runs once more.
 sanitize_once() {
   XLA_FLAGS="--xla_gpu_enable_command_buffer= --xla_gpu_autotune_level=0" XLA_PYTHON_CLIENT_ALLOCATOR=platform \
     compute-sanitizer --tool "$1" --kernel-name kns=qkrope --print-limit 20 python3 benchmarks/sanitize_matrix.py \
@@ -60,8 +60,12 @@ sanitize() {
 }
 
 calibrate() { python3 benchmarks/calibrate.py --out "$OUT" 2>&1 | tee "$OUT/calibrate.log" | tail -70; cp jax_qkrope/calibration/sm90.json "$OUT/"; }
-calibrate256() {  # re-measure the head_dim 256 class only, merged into the committed file
-  python3 benchmarks/calibrate.py --classes 256 --out "$OUT" 2>&1 | tee "$OUT/calibrate256.log" | tail -20
+# Re-measure the head_dim classes in $CAL_CLASSES (e.g. "64 128"), merged into the committed file; the
+# sweep written carries the other classes' rows from $CAL_PREVIOUS (a sweep file) when given.
+calibrate_classes() {
+  # shellcheck disable=SC2086
+  python3 benchmarks/calibrate.py --classes $CAL_CLASSES ${CAL_PREVIOUS:+--previous-sweep "$CAL_PREVIOUS"} --out "$OUT" \
+    2>&1 | tee "$OUT/calibrate_classes.log" | tail -40
   cp jax_qkrope/calibration/sm90.json "$OUT/"
 }
 examples() {
@@ -100,6 +104,21 @@ ncu_stalls() {
     echo "ncu T=$tokens exit $?"
   done
   grep -E "stalled|Duration|Throughput|Warp Cycles|Active Warps|Hit Rate" "$OUT"/ncu_stalls_*.txt | head -90
+}
+# Where the forward's warps wait, instruction by instruction: ncu's warp-state samples over the SASS of
+# (32, 8, 128) neox at T = 1 (N = 1: latency) and T = 4096 (N = 8: the mid-size gap), third call of each,
+# summarised by benchmarks/ncu_source_summary.py.
+ncu_source() {
+  local spec tokens choice
+  for spec in 1:1 4096:8; do
+    tokens=${spec%:*} choice=${spec#*:}
+    ncu --kernel-name regex:forward_tuned --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
+      --section SourceCounters --section WarpStateStats --warp-sampling-interval 0 -f -o "/tmp/ncu_source_$tokens" \
+      python3 benchmarks/ncu_kernels.py --tokens "$tokens" --choices "$choice" --forward-only > "$OUT/ncu_source_$tokens.log" 2>&1
+    echo "ncu T=$tokens exit $?"
+    ncu -i "/tmp/ncu_source_$tokens.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_source_$tokens.csv" 2>&1
+    python3 benchmarks/ncu_source_summary.py "$OUT/ncu_source_$tokens.csv" | tee "$OUT/ncu_source_$tokens.txt"
+  done
 }
 # The standalone probe (benchmarks/stream_probe.cu: the kernels next to plain copies, no JAX), built into
 # $1 with extra nvcc flags $2 (ptxas register reports in $1/ptxas_<source>.log).
@@ -164,5 +183,6 @@ for stage in "$@"; do
   "$stage" || status=$?
 done
 echo "=== $(date +%T) done (status $status)"
-tar czf /tmp/results.tgz -C "$OUT" . && mv /tmp/results.tgz "$OUT/results.tgz"
+# The device tool brings back at most 8 files: everything goes back inside results.tgz alone.
+tar czf /tmp/results.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/results.tgz "$OUT/results.tgz"
 exit $status

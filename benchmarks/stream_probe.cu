@@ -6,8 +6,8 @@
 // calls), plus what the variant itself reads. Build and run: benchmarks/device_run.sh stream_probe.
 //
 //   probe [all]     (32, 8, 128): copies, forward variants (one read removed at a time), backward
-//   probe shapes    every benchmark head shape: memcpy, a 2 KiB-per-warp copy, forward neox/gptj at two N,
-//                   4 and 8 warps per block
+//   probe shapes    every benchmark head shape: memcpy, a 2 KiB-per-warp copy, forward neox/gptj at three N
+//                   (4 warps per block, as the library launches)
 //   probe occupancy a 2 KiB-per-warp copy with the resident warps per SM capped (shared memory)
 //   probe small     T = 1 and 16 under CUDA graph replay: an empty kernel (the floor) and the forward
 //   probe backward  every benchmark head shape: the backward at several persistent-grid shapes
@@ -360,14 +360,15 @@ void probe(int64_t tokens, int sms) {
   free_buffers(b);
 }
 
-// Every benchmark head shape at two pairs-per-warp values, next to memcpy and a copy kernel of the same
-// bytes, at 4 and 8 warps per block; probe_regs runs it from builds with capped registers.
+// Every benchmark head shape at three pairs-per-warp values, next to memcpy and a copy kernel of the same
+// bytes, at the library's 4 warps per block; probe_regs runs it from builds with capped registers.
 void probe_shapes(int sms) {
   struct ShapeCase {
     Heads heads;
-    int pairs[2];
+    int pairs[3];
   };
-  const ShapeCase cases[] = {{{32, 8, 128}, {8, 16}}, {{16, 2, 256}, {4, 8}}, {{16, 16, 64}, {16, 8}}};
+  const ShapeCase cases[] = {{{32, 8, 128}, {4, 8, 16}}, {{16, 2, 256}, {2, 4, 8}}, {{16, 16, 64}, {4, 8, 16}}};
+  const int warps_per_block[] = {4};  // 8 was slower at nearly every point (results/run9_probe_shapes)
   for (const ShapeCase& c : cases) {
     for (int64_t tokens : {1024, 4096, 16384, 65536}) {
       Buffers b = make_buffers(c.heads, tokens);
@@ -380,7 +381,7 @@ void probe_shapes(int sms) {
       const int ahead = prefetch_pairs(sms, c.heads);
       for (int n : c.pairs) {
         for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
-          for (int warps : {4, 8}) {  // warps per block (the library launches 4)
+          for (int warps : warps_per_block) {
             const qkrope::Launch launch{n, warps, false, ahead};
             const float us = time_us(
                 [&](int i) {
