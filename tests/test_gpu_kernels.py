@@ -135,6 +135,37 @@ def test_common_and_general_input_kernels(dtype, head_dim):
                     assert_close(a, e, jnp.float32, f"{gname} {name} N={n} {style}", scale=grad_scale(x))
 
 
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("pos_dtype", ("int32", "int64"))
+def test_positions_read_as_words(pos_dtype, head_dim):
+    """The staged common-input kernels (N >= 4) read each position as two 32-bit words with no branch (int64:
+    low and high word; int32: one word twice) and widen it only where it is used. Negative positions, ones
+    past the cache and, for int64, ones whose high word is set clamp to the cache's rows as in the reference;
+    an odd token count and 7 heads put pairs past the end of the grid and warps across tokens."""
+    with jax.enable_x64(pos_dtype == "int64"):
+        keys = jax.random.split(jax.random.PRNGKey(head_dim + 11), 4)
+        tokens = (41,)
+        q = random_heads(keys[0], tokens, 5, head_dim, jnp.bfloat16)
+        k = random_heads(keys[1], tokens, 2, head_dim, jnp.bfloat16)
+        w = random_weight(keys[2], head_dim, jnp.bfloat16)
+        rows = 700
+        special = [-1, -(2**31), 2**31 - 1, rows, rows - 1, 0]
+        if pos_dtype == "int64":
+            special += [2**32 + 5, -(2**32) + 3, 2**40]
+        positions = random_positions(keys[3], tokens, rows, jnp.dtype(pos_dtype))
+        positions = positions.at[: len(special)].set(jnp.asarray(special, jnp.dtype(pos_dtype)))
+        assert positions.dtype == jnp.dtype(pos_dtype)
+        cache = qkr.rope_cos_sin_cache(rows, head_dim)
+        for n in (4, 8, 16):
+            for style in ("neox", "gptj"):
+                with dispatch.override_choice(n):  # 16 is an auto-only choice: lowered under the override
+                    out = jax.jit(lambda q, k, p, s=style: qkr.fused(q, k, p, w, w, style=s, cos_sin_cache=cache))(
+                        q, k, positions)
+                expected = ref.fused(q, k, positions, w, w, style=style, cos_sin_cache=cache)
+                for a, e in zip(out, expected, strict=True):
+                    assert_close(a, e.astype(jnp.bfloat16), jnp.bfloat16, f"{pos_dtype} N={n} {style}")
+
+
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_sixteen_pairs_per_warp(dtype, head_dim):

@@ -116,6 +116,29 @@ __device__ __forceinline__ int64_t load_position(const Problem& p, int64_t token
                         : static_cast<int64_t>(static_cast<const int32_t*>(p.positions)[token]);
 }
 
+// A token's position read as two 32-bit words with no branch (int64: low and high word; int32: the same
+// word twice), widened only where it is used. A load behind a branch on the positions' dtype, widened on
+// the spot, made every warp of the tuned forward wait for its position before it issued its data loads,
+// and merged the two paths' scoreboards so the cos/sin row then waited for the data as well: three
+// dependent round trips instead of two (ncu source counters, results/run10_chain).
+struct PositionWords {
+  int32_t lo = 0, hi = 0;
+
+  // Token indexes past the last token read the last one (pairs past the end of the grid): no predicate.
+  __device__ __forceinline__ void fetch(const Problem& p, int64_t token, bool /*valid*/ = true) {
+    const int64_t t = token < p.num_tokens ? token : p.num_tokens - 1;
+    const int32_t* words = static_cast<const int32_t*>(p.positions);
+    const int64_t at = p.positions_64 ? 2 * t : t;
+    lo = words[at];
+    hi = words[p.positions_64 ? at + 1 : at];
+  }
+  __device__ __forceinline__ int64_t value(const Problem& p) const {
+    const int64_t wide = static_cast<int64_t>((static_cast<uint64_t>(static_cast<uint32_t>(hi)) << 32) |
+                                              static_cast<uint32_t>(lo));
+    return p.positions_64 ? wide : static_cast<int64_t>(lo);
+  }
+};
+
 template <typename T>
 __device__ __forceinline__ float load_one(const void* base, int64_t index) {
   return to_float(static_cast<const T*>(base)[index]);
@@ -172,6 +195,18 @@ __device__ __forceinline__ void load_run(const void* base, ElemType type, int64_
   }
 }
 
+// A position loaded and widened at once, as load_position does: fewer live registers than PositionWords,
+// for the tuned kernels where registers decide (see forward_tuned_kernel).
+struct WidePosition {
+  int64_t wide = 0;
+
+  // Only where `valid` (a pair past the end of the grid keeps 0).
+  __device__ __forceinline__ void fetch(const Problem& p, int64_t token, bool valid = true) {
+    wide = valid ? load_position(p, token) : 0;
+  }
+  __device__ __forceinline__ int64_t value(const Problem&) const { return wide; }
+};
+
 // Per-element scale of a run of K elements: weight_offset + w, or 1 without a weight. WeightT void: the
 // weight's type is read at run time. WeightT given: the weight is known to have that type and 16-byte
 // alignment (Inputs::kCommon), so it is one typed load with no switch between the load and its use.
@@ -203,6 +238,54 @@ __device__ __forceinline__ void stage_scales(const Problem& p, float* scale) {
   }
   __syncthreads();
 }
+
+// stage_scales in two steps for weights of the storage type T, 16-byte aligned (Inputs::kCommon): fetch()
+// issues one 16-byte load per thread (at 4 warps per block) with the caller's other loads, commit()
+// converts, stores and synchronises once they are needed. The element-wise loop waited for each of its
+// loads in turn, ahead of the block barrier (ncu: a tenth of the forward's warp time at T = 4096).
+template <typename T, int D>
+class StagedScales {
+ public:
+  __device__ __forceinline__ void fetch(const Problem& p) {
+#pragma unroll
+    for (int r = 0; r < kPerThread; ++r) {
+      const int w = static_cast<int>(threadIdx.x) + r * static_cast<int>(blockDim.x);
+      const void* weight = p.weight[w < kWordsPerWeight ? 0 : 1];
+      if (w < kWords && weight != nullptr) {
+        word_[r].load(static_cast<const T*>(weight) + (w % kWordsPerWeight) * kVec);
+      } else {
+        word_[r].zero();
+      }
+    }
+  }
+
+  __device__ __forceinline__ void commit(const Problem& p, float* scale) const {
+#pragma unroll
+    for (int r = 0; r < kPerThread; ++r) {
+      const int w = static_cast<int>(threadIdx.x) + r * static_cast<int>(blockDim.x);
+      if (w >= kWords) continue;
+      const bool present = p.weight[w < kWordsPerWeight ? 0 : 1] != nullptr;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) scale[w * kVec + j] = present ? word_[r].get(j) + p.weight_offset : 1.0f;
+    }
+    // Blocks of fewer than 4 warps: the words the unrolled step did not reach.
+    for (int w = static_cast<int>(threadIdx.x) + kPerThread * static_cast<int>(blockDim.x); w < kWords;
+         w += blockDim.x) {
+      float run[kVec];
+      load_scale<kVec, T>(p, w / kWordsPerWeight, (w % kWordsPerWeight) * kVec, true, run);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) scale[w * kVec + j] = run[j];
+    }
+    __syncthreads();
+  }
+
+ private:
+  static constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  static constexpr int kWordsPerWeight = D / kVec;
+  static constexpr int kWords = 2 * kWordsPerWeight;
+  static constexpr int kPerThread = (kWords + 4 * kWarp - 1) / (4 * kWarp);
+  Chunk<T, kVec> word_[kPerThread];
+};
 
 // cos/sin of K consecutive rotary pairs [first, first + K) of one token. Pairs at or past rotary_dim / 2
 // get the identity rotation (cos 1, sin 0), which leaves the pass-through dims unchanged.
@@ -293,7 +376,9 @@ struct PairCursor {
 // [first, first + count), for warps that reach those tokens later: their position -> row chain then
 // hits L2 instead of costing two dependent DRAM round trips, the wait that otherwise keeps a streaming
 // kernel well below copy bandwidth. In two steps so the position load overlaps the caller's own work:
-// begin() loads it, finish() issues the prefetches once it has arrived. Every lane calls both.
+// begin() loads it, finish() issues the prefetches once it has arrived. Every lane calls both. Position:
+// PositionWords or WidePosition, as the calling kernel holds its own.
+template <typename Position>
 class RowPrefetch {
  public:
   __device__ __forceinline__ void begin(const Problem& p, int64_t first, int count) {
@@ -310,13 +395,14 @@ class RowPrefetch {
     if (lane / lines >= kWarp / lines || token > t_last) return;
     line_ = lane % lines;
     row_bytes_ = row_bytes;
-    position_ = load_position(p, token);
+    position_.fetch(p, token);
     active_ = true;
   }
 
   __device__ __forceinline__ void finish(const Problem& p) const {
     if (!active_) return;
-    const uintptr_t row = reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_, p.table.rows) * row_bytes_;
+    const uintptr_t row =
+        reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_.value(p), p.table.rows) * row_bytes_;
     const uintptr_t line = (row & ~static_cast<uintptr_t>(kLine - 1)) + static_cast<uintptr_t>(line_) * kLine;
     if (line >= row + row_bytes_) return;  // the row ends before this lane's line
     asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
@@ -324,7 +410,7 @@ class RowPrefetch {
 
  private:
   static constexpr int kLine = 128;
-  int64_t position_ = 0;
+  Position position_;
   int line_ = 0;
   int row_bytes_ = 0;
   bool active_ = false;

@@ -86,11 +86,15 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // Every input may come from the previous kernel (positions from an iota, weights from an optimizer
   // step): nothing is read before it has finished.
   wait_for_previous_kernel(a.pdl);
-  int64_t position[I];
+  // The loads in the order their chains are long: positions (-> cos/sin row), then the heads, then the
+  // weights, all before anything waits for one of them. Positions as raw words where that measured
+  // faster: the staged kernels for the common inputs. Elsewhere the registers they hold longer cost more
+  // (with one pair per lane group, 64 -> 77 registers and 3-7% for 64-dim heads at N = 8; spills in the
+  // cache-free and mixed-dtype paths).
+  using Position = std::conditional_t<In == Inputs::kCommon && kStaged, PositionWords, WidePosition>;
+  Position position[I];
 #pragma unroll
-  for (int i = 0; i < I; ++i) position[i] = at.valid[i] ? load_position(p, at.token[i]) : 0;
-
-  // Issue every load of the warp's pairs before any arithmetic: more bytes in flight per lane.
+  for (int i = 0; i < I; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
   Chunk<T, C> raw[I][SL];
 #pragma unroll
   for (int i = 0; i < I; ++i) {
@@ -104,6 +108,9 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       }
     }
   }
+  // One pair per lane group: its weights, converted at once (kept as raw words until used, they cost up
+  // to 15% at N = 4 for 128-dim heads: more live registers). Staged: one 16-byte load per thread now,
+  // stored to shared memory after the cos/sin loads are out.
   float w_early[kStaged ? 1 : SL][C];
   if constexpr (!kStaged) {
 #pragma unroll
@@ -111,22 +118,30 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       load_scale<C, AssumedWeight<T, In>>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
     }
   }
-  RowPrefetch ahead;
+  StagedScales<T, D> staged;
+  if constexpr (kStaged && In == Inputs::kCommon) staged.fetch(p);
+  RowPrefetch<Position> ahead;
   if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
   // The first token's cos/sin before any block barrier (staged weights), so its position -> row chain
   // overlaps the data loads rather than starting after them.
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
   if (at.valid[0] && at.group[0] < 2) {
-    load_tuned_angles<Lay, In>(a, position[0], gl, cs, sn);
+    load_tuned_angles<Lay, In>(a, position[0].value(p), gl, cs, sn);
     angles_token = at.token[0];
   }
-  if constexpr (kStaged) stage_scales<D>(p, &scale[0][0]);
+  if constexpr (kStaged) {
+    if constexpr (In == Inputs::kCommon) {
+      staged.commit(p, &scale[0][0]);
+    } else {
+      stage_scales<D>(p, &scale[0][0]);
+    }
+  }
 
 #pragma unroll
   for (int i = 0; i < I; ++i) {
     if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
-      load_tuned_angles<Lay, In>(a, position[i], gl, cs, sn);
+      load_tuned_angles<Lay, In>(a, position[i].value(p), gl, cs, sn);
       angles_token = at.token[i];
     }
     float v[SL][C];
