@@ -11,7 +11,7 @@ import pytest
 
 from jax_qkrope import dispatch
 
-SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run8_calibration" / "calibration_sm90_sweep.json"
+SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run10_calibration" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
 
@@ -33,7 +33,10 @@ def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
         hq, hk, d = row["heads"]
         pairs = row["T"] * (hq + hk)
         times = {int(n): t for n, t in row["times_us"].items()}
-        assert times[row["best"]] <= min(times.values()) * 1.01, row  # the winner is the fastest, up to a 1% tie
+        # The winner is the fastest up to the calibration's tie: 1%, or 20% at launch-bound sizes (T <= 128),
+        # where single timings vary by +-20% (benchmarks/calibrate.py: TIE, SMALL_TIE).
+        tie = 0.20 if row["T"] <= 128 else 0.01
+        assert times[row["best"]] <= min(times.values()) * (1 + tie), row
         auto = dispatch.forward_launch(pairs, d, None, H100, 2, row["style"])
         assert auto == dispatch.forward_launch(pairs, d, row["best"], H100, 2, row["style"]), row
         assert auto.pairs_per_warp == row["auto_n"], row  # what the calibration run itself checked
