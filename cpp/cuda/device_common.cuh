@@ -207,9 +207,14 @@ struct WidePosition {
   __device__ __forceinline__ int64_t value(const Problem&) const { return wide; }
 };
 
-// Per-element scale of a run of K elements: weight_offset + w, or 1 without a weight. WeightT void: the
-// weight's type is read at run time. WeightT given: the weight is known to have that type and 16-byte
-// alignment (Inputs::kCommon), so it is one typed load with no switch between the load and its use.
+// The scale of an element whose weight (if `weight` is not null) has value w: weight_offset + w, or 1.
+__device__ __forceinline__ float scale_of(const Problem& p, const void* weight, float w) {
+  return weight != nullptr ? w + p.weight_offset : 1.0f;
+}
+
+// Per-element scale of a run of K elements (scale_of; nothing is loaded for a missing weight). WeightT
+// void: the weight's type is read at run time. WeightT given: the weight is known to have that type and
+// 16-byte alignment (Inputs::kCommon), so it is one typed load with no switch between the load and its use.
 template <int K, typename WeightT = void>
 __device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t index, bool vec, float (&out)[K]) {
   const void* w = p.weight[group & 1];
@@ -224,7 +229,7 @@ __device__ __forceinline__ void load_scale(const Problem& p, int group, int64_t 
     load_run_typed<K, WeightT>(w, index, true, out);
   }
 #pragma unroll
-  for (int j = 0; j < K; ++j) out[j] += p.weight_offset;
+  for (int j = 0; j < K; ++j) out[j] = scale_of(p, w, out[j]);
 }
 
 // Fills scale[g * D + e] with element e of weight g's scale (weight_offset + w, or 1 without a weight),
@@ -250,7 +255,7 @@ class StagedScales {
 #pragma unroll
     for (int r = 0; r < kPerThread; ++r) {
       const int w = static_cast<int>(threadIdx.x) + r * static_cast<int>(blockDim.x);
-      const void* weight = p.weight[w < kWordsPerWeight ? 0 : 1];
+      const void* weight = weight_of(p, w);
       if (w < kWords && weight != nullptr) {
         word_[r].load(static_cast<const T*>(weight) + (w % kWordsPerWeight) * kVec);
       } else {
@@ -264,9 +269,9 @@ class StagedScales {
     for (int r = 0; r < kPerThread; ++r) {
       const int w = static_cast<int>(threadIdx.x) + r * static_cast<int>(blockDim.x);
       if (w >= kWords) continue;
-      const bool present = p.weight[w < kWordsPerWeight ? 0 : 1] != nullptr;
+      const void* weight = weight_of(p, w);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) scale[w * kVec + j] = present ? word_[r].get(j) + p.weight_offset : 1.0f;
+      for (int j = 0; j < kVec; ++j) scale[w * kVec + j] = scale_of(p, weight, word_[r].get(j));
     }
     // Blocks of fewer than 4 warps: the words the unrolled step did not reach.
     for (int w = static_cast<int>(threadIdx.x) + kPerThread * static_cast<int>(blockDim.x); w < kWords;
@@ -280,6 +285,11 @@ class StagedScales {
   }
 
  private:
+  // Word w of the staged [2][D] row belongs to q's weight (first half) or k's.
+  __device__ __forceinline__ static const void* weight_of(const Problem& p, int w) {
+    return p.weight[w < kWordsPerWeight ? 0 : 1];
+  }
+
   static constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   static constexpr int kWordsPerWeight = D / kVec;
   static constexpr int kWords = 2 * kWordsPerWeight;
