@@ -79,10 +79,19 @@ def rederive(path: Path) -> None:
             table[cls] = thresholds_from([(r["pairs"], r["best"]) for r in rows])
     data["worst_auto_over_best"] = 1.0
     path.write_text(json.dumps(data, indent=1))
-    major, minor = (int(c) for c in calibration["arch"].removeprefix("sm_"))
-    (dispatch.CALIBRATION_DIR / f"sm{major}{minor}.json").write_text(json.dumps(calibration, indent=1) + "\n")
+    digits = calibration["arch"].removeprefix("sm_")  # "90": compute capability 9.0
+    written = write_calibration(calibration, (int(digits[:-1]), int(digits[-1])))
     tables = {key: calibration[key] for key in dispatch.FORWARD_TABLE_KEYS.values()}
-    print(f"re-derived {path} and sm{major}{minor}.json: {json.dumps(tables)}")
+    print(f"re-derived {path} and {written}: {json.dumps(tables)}")
+
+
+def write_calibration(calibration: dict, compute_capability: tuple[int, int]) -> Path:
+    """Writes the file the dispatch reads for this architecture, and drops the dispatch's cached copy."""
+    path = dispatch.calibration_path(compute_capability)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(calibration, indent=1) + "\n")
+    dispatch.load_calibration.cache_clear()
+    return path
 
 
 def time_choice(case: Case, inputs: dict, choice) -> float:
@@ -167,10 +176,7 @@ def main() -> None:
                        **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
                        pdl_max_pairs=pdl_max_pairs,
                        remeasured=args.classes if partial else list(HEAD_DIM_CLASSES))
-    path = dispatch.CALIBRATION_DIR / f"sm{major}{minor}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(calibration, indent=1) + "\n")
-    dispatch.load_calibration.cache_clear()
+    path = write_calibration(calibration, (major, minor))
     print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs}")
 
     # Auto with the new calibration vs the best forced N at every measured point. Where auto issues the very

@@ -129,12 +129,17 @@ def device_facts(platform: str) -> DeviceFacts:
     return _cuda_device_facts()
 
 
+def calibration_path(compute_capability: tuple[int, int]) -> Path:
+    """Where the calibration of an architecture lives (benchmarks/calibrate.py writes it)."""
+    return CALIBRATION_DIR / f"sm{compute_capability[0]}{compute_capability[1]}.json"
+
+
 @functools.cache
 def load_calibration(compute_capability: tuple[int, int] | None) -> dict | None:
     """The committed calibration of an architecture, or None."""
     if compute_capability is None:
         return None
-    path = CALIBRATION_DIR / f"sm{compute_capability[0]}{compute_capability[1]}.json"
+    path = calibration_path(compute_capability)
     if not path.exists():
         return None
     return json.loads(path.read_text())
