@@ -368,7 +368,8 @@ void probe_shapes(int sms) {
     int pairs[3];
   };
   const ShapeCase cases[] = {{{32, 8, 128}, {4, 8, 16}}, {{16, 2, 256}, {2, 4, 8}}, {{16, 16, 64}, {4, 8, 16}}};
-  const int warps_per_block[] = {4};  // 8 was slower at nearly every point (results/run9_probe_shapes)
+  // The library's 4 warps per block: 8 was slower at nearly every point (results/run9_probe_shapes).
+  constexpr int kWarpsPerBlock = 4;
   for (const ShapeCase& c : cases) {
     for (int64_t tokens : {1024, 4096, 16384, 65536}) {
       Buffers b = make_buffers(c.heads, tokens);
@@ -381,18 +382,14 @@ void probe_shapes(int sms) {
       const int ahead = prefetch_pairs(sms, c.heads);
       for (int n : c.pairs) {
         for (qkrope::Style style : {qkrope::Style::kNeox, qkrope::Style::kGptj}) {
-          for (int warps : warps_per_block) {
-            const qkrope::Launch launch{n, warps, false, ahead};
-            const float us = time_us(
-                [&](int i) {
-                  check(qk::forward(forward_problem(b, i, b.pos_random, true, true, style), launch, nullptr),
-                        "forward");
-                },
-                reps);
-            const std::string name = shape + "forward " + style_name(style) + " N=" + std::to_string(n) +
-                                     (warps == 4 ? "" : " w" + std::to_string(warps));
-            report(name.c_str(), tokens, b.forward_traffic(), us, copy_gbps);
-          }
+          const qkrope::Launch launch{n, kWarpsPerBlock, false, ahead};
+          const float us = time_us(
+              [&](int i) {
+                check(qk::forward(forward_problem(b, i, b.pos_random, true, true, style), launch, nullptr), "forward");
+              },
+              reps);
+          const std::string name = shape + "forward " + style_name(style) + " N=" + std::to_string(n);
+          report(name.c_str(), tokens, b.forward_traffic(), us, copy_gbps);
         }
       }
       free_buffers(b);
