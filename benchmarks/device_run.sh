@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate_classes bench bench_backward examples
-#   quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   bench_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +78,11 @@ bench_backward() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 --backwa
 quickbench() {
   python3 -m jax_qkrope.bench --out "$OUT" --name quick --shapes 32,8,128 16,2,256 --tokens 1 16 1024 4096 16384 65536 \
     --styles neox 2>&1 | tail -16
+}
+# Shapes the generic kernels serve: head_dims outside 64/128/256, and neox with partial rotary.
+bench_generic() {
+  python3 -m jax_qkrope.bench --out "$OUT" --name ${BENCH_NAME:-h100_generic} --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 \
+    --tokens ${BENCH_TOKENS:-1 128 1024 4096 16384 65536} 2>&1 | tail -52
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
 ncu_check() {

@@ -38,6 +38,11 @@ class Case:
     tokens: int
     style: str
     dtype: str = "bfloat16"
+    rotary_dim: int | None = None  # None: the whole head
+
+    @property
+    def rotary(self) -> int:
+        return self.heads[2] if self.rotary_dim is None else self.rotary_dim
 
     @property
     def elem(self) -> int:
@@ -48,7 +53,7 @@ class Case:
         return self.tokens * (hq + hk) * d * self.elem
 
     def table_bytes(self) -> int:
-        return self.tokens * (self.heads[2] * 4 + 4)  # one float32 cos/sin row and one position per token
+        return self.tokens * (self.rotary * 4 + 4)  # one float32 cos/sin row and one position per token
 
     def forward_bytes(self) -> int:
         return 2 * self.head_bytes() + self.table_bytes()
@@ -66,7 +71,7 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
         k=jax.random.normal(keys[1], (case.tokens, hk, d), dtype),
         positions=jax.random.randint(keys[2], (case.tokens,), 0, CACHE_ROWS, jnp.int32),
         weight=(1 + 0.1 * jax.random.normal(keys[3], (d,))).astype(dtype),
-        cache=qkr.rope_cos_sin_cache(CACHE_ROWS, d),
+        cache=qkr.rope_cos_sin_cache(CACHE_ROWS, case.rotary),
         cot_q=jax.random.normal(keys[4], (case.tokens, hq, d), dtype),
         cot_k=jax.random.normal(keys[4], (case.tokens, hk, d), dtype),
     )
@@ -82,6 +87,8 @@ def forward_step(fn, style: str, **options):
 
 def time_forward(case: Case, inputs: dict, fn, **options) -> float:
     state = (inputs["q"], inputs["k"], inputs["positions"], inputs["weight"], inputs["cache"])
+    if case.rotary_dim is not None:
+        options = {**options, "rotary_dim": case.rotary_dim}
     return per_call_us(forward_step(fn, case.style, **options), state)
 
 
@@ -121,7 +128,8 @@ def chosen_pairs_per_warp(case: Case) -> int:
     """The auto dispatch's pairs per warp for this case."""
     hq, hk, d = case.heads
     facts = dispatch.device_facts("cuda" if jax.default_backend() == "gpu" else "cpu")
-    return dispatch.forward_launch(case.tokens * (hq + hk), d, None, facts, case.elem, case.style).pairs_per_warp
+    return dispatch.forward_launch(case.tokens * (hq + hk), d, None, facts, case.elem, case.style,
+                                   case.rotary).pairs_per_warp
 
 
 def forward_record(case: Case, copy_gbps: float) -> dict:
@@ -129,7 +137,8 @@ def forward_record(case: Case, copy_gbps: float) -> dict:
     ours = time_forward(case, inputs, qkr.fused)
     xla = time_forward(case, inputs, ref.fused)
     bound = case.forward_bytes() / (copy_gbps * 1e3)
-    return dict(heads=list(case.heads), T=case.tokens, style=case.style, dtype=case.dtype, ours_us=ours,
+    return dict(heads=list(case.heads), rotary_dim=case.rotary, T=case.tokens, style=case.style, dtype=case.dtype,
+                ours_us=ours,
                 xla_us=xla, bound_us=bound, copy_gbps=copy_gbps, bytes=case.forward_bytes(),
                 pairs_per_warp=chosen_pairs_per_warp(case), speedup_vs_xla=xla / max(ours, 1e-9),
                 ours_over_bound=ours / bound, bandwidth_fraction=bound / max(ours, 1e-9))
@@ -222,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     parser.add_argument("--name", default=None, help="file prefix (default: the device kind)")
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
-    parser.add_argument("--shapes", type=str, nargs="+", default=None, help="Hq,Hk,D triples")
+    parser.add_argument("--shapes", type=str, nargs="+", default=None,
+                        help="Hq,Hk,D triples, or Hq,Hk,D,R for a rotary_dim R below D")
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
     parser.add_argument("--backward", action="store_true", help="also the backward and fwd+bwd rows")
     parser.add_argument("--backward-only", action="store_true")
@@ -231,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
 
     on_gpu = jax.default_backend() == "gpu"
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else list(SHAPES)
+    rotary = {s[:3]: s[3] for s in shapes if len(s) == 4}
+    shapes = [s[:3] for s in shapes]
     tokens = args.tokens or (list(TOKENS) if on_gpu else [1, 16, 128, 1024])
     if args.quick:
         shapes, tokens = shapes[:1], [t for t in tokens if t in (1, 1024, 16384)] or tokens[:2]
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                 copy_gbps=copy_gbps, method="chain of calls separated by lax.optimization_barrier, difference of "
                 "two chain lengths, fastest of 21 alternating wall-clock runs of each")
     print(f"{meta['device']}: device-to-device copy {copy_gbps:.0f} GB/s")
-    cases = [Case(s, t, st) for s in shapes for t in tokens for st in args.styles]
+    cases = [Case(s, t, st, rotary_dim=rotary.get(s)) for s in shapes for t in tokens for st in args.styles]
 
     if not args.backward_only:
         records = [forward_record(c, copy_gbps) for c in progress(cases, "forward")]

@@ -145,8 +145,11 @@ def load_calibration(compute_capability: tuple[int, int] | None) -> dict | None:
     return json.loads(path.read_text())
 
 
-def head_dim_class(head_dim: int) -> str:
-    return str(head_dim) if head_dim in TUNED_HEAD_DIMS else "generic"
+def head_dim_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None) -> str:
+    """The calibration table a problem reads: its kernel's. neox with a rotary_dim below head_dim runs the
+    generic kernels (the tuned ones keep each rotate-half pair in one lane, which needs full rotary)."""
+    partial_neox = style == "neox" and rotary_dim is not None and rotary_dim < head_dim
+    return str(head_dim) if head_dim in TUNED_HEAD_DIMS and not partial_neox else "generic"
 
 
 def pick_from_thresholds(thresholds, pairs: int) -> int:
@@ -179,7 +182,7 @@ def forward_tables(calibration: dict, style: str) -> dict:
 
 
 def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: DeviceFacts, itemsize: int,
-                   style: str = "neox") -> Launch:
+                   style: str = "neox", rotary_dim: int | None = None) -> Launch:
     """Launch parameters of the forward kernel for num_pairs (token, head) pairs of itemsize-byte elements.
     A calibration holds a table per rotary style (FORWARD_TABLE_KEYS): their kernels differ in how a lane
     holds its pairs, and so in the N that wins."""
@@ -187,7 +190,7 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     thresholds = DEFAULT_FORWARD_THRESHOLDS
     pdl_max_pairs = 0
     if calibration is not None:
-        thresholds = forward_tables(calibration, style).get(head_dim_class(head_dim), thresholds)
+        thresholds = forward_tables(calibration, style).get(head_dim_class(head_dim, style, rotary_dim), thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
     if forced is not None:
         choice = forced

@@ -199,7 +199,7 @@ def _fwd_lowering(ctx, *args, config: OpConfig, allow_alias: bool, platform: str
     _, _, head_dim = config.head_layout([a.shape for a in ctx.avals_in[:n]])
     facts = dispatch.device_facts(platform)
     launch = dispatch.forward_launch(_pairs(config, ctx.avals_in), head_dim, config.token_heads_per_warp, facts,
-                                     ctx.avals_in[0].dtype.itemsize, config.style)
+                                     ctx.avals_in[0].dtype.itemsize, config.style, config.rotary_dim)
     aliases = {}
     if allow_alias:
         for i in range(n):

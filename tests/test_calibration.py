@@ -40,3 +40,17 @@ def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
         auto = dispatch.forward_launch(pairs, d, None, H100, 2, row["style"])
         assert auto == dispatch.forward_launch(pairs, d, row["best"], H100, 2, row["style"]), row
         assert auto.pairs_per_warp == row["auto_n"], row  # what the calibration run itself checked
+
+
+@pytest.mark.parametrize("pairs", [40, 40 * 1024, 40 * 16384])
+def test_partial_rotary_neox_reads_the_generic_table(pairs):
+    """neox with rotary_dim < head_dim runs the generic kernels (the tuned ones need full rotary for neox),
+    so its N comes from their table; gptj keeps the tuned kernel and its table."""
+    tables = {style: dispatch.forward_tables(dispatch.load_calibration((9, 0)), style) for style in ("neox", "gptj")}
+    expect = {
+        ("neox", 128): tables["neox"]["128"], ("neox", 64): tables["neox"]["generic"],
+        ("gptj", 128): tables["gptj"]["128"], ("gptj", 64): tables["gptj"]["128"],
+    }
+    for (style, rotary), table in expect.items():
+        launch = dispatch.forward_launch(pairs, 128, None, H100, 2, style, rotary)
+        assert launch.pairs_per_warp == dispatch.pick_from_thresholds(table, pairs), (style, rotary)
