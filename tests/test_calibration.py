@@ -11,7 +11,7 @@ import pytest
 
 from jax_qkrope import dispatch
 
-SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run10_calibration" / "calibration_sm90_sweep.json"
+SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run11_generic" / "paired" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
 

@@ -166,11 +166,13 @@ def test_positions_read_as_words(pos_dtype, head_dim):
                     assert_close(a, e.astype(jnp.bfloat16), jnp.bfloat16, f"{pos_dtype} N={n} {style}")
 
 
-@pytest.mark.parametrize("head_dim", (64, 80, 128, 256))
+@pytest.mark.parametrize("head_dim", (64, 80, 128, 192, 256, 512))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_sixteen_pairs_per_warp(dtype, head_dim):
     """16 pairs per warp (an auto-dispatch choice), every style, odd sizes, GQA, partial rotary (gptj stays
-    on the tuned kernel; neox falls back), caches of every dtype, and packed V copies."""
+    on the tuned kernel; neox falls back), caches of every dtype, and packed V copies. The generic kernels
+    (80, 192, 512, partial neox) map 16 to at most kGenericRounds pairs per lane group: 4 groups of 4 rounds
+    for 80, 2 of 4 for 192 (bf16), one group for 512."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 1), 5)
     variants = [(t, s, r, c) for t in (1, 3, 1001) for s in ("neox", "gptj") for r in (head_dim, head_dim // 2)
                 for c in (None, jnp.float32, jnp.bfloat16)]

@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const Ker
         }
       }
       if (valid && cur.token != angles_token) {
-        load_generic_angles<K, C>(a, load_position(p, cur.token), lay, cs, sn);
+        load_generic_angles<K, C, S>(a, load_position(p, cur.token), lay, cs, sn);
         angles_token = cur.token;
       }
       rotate_generic<K, C, S>(p, row, lay, gr, cs, sn, -1.0f);

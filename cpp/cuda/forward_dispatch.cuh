@@ -2,6 +2,8 @@
 // so the instantiations compile in parallel.
 #pragma once
 
+#include <algorithm>
+
 #include "cuda/dispatch.cuh"
 #include "cuda/forward_kernels.cuh"
 
@@ -41,10 +43,18 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
     return launch_kernel(choice.kernel, grid, block, 0, stream, launch.pdl, args);
   }
-  if (!grid_for(launch.pairs_per_warp, &grid)) return cudaErrorInvalidConfiguration;
-  return launch_kernel(pick_generic<ForwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, false), stream,
-                       launch.pdl, args, static_cast<int>(launch.pairs_per_warp),
-                       generic_lanes_per_head<T>(p, launch.pairs_per_warp));
+  // A warp of the generic kernel runs G = 32 / lanes heads side by side, `rounds` times: N = 16 maps to
+  // fewer pairs where a lane would hold more than kGenericRounds of them (as the tuned family maps it).
+  const int lanes = generic_lanes_per_head<T>(p, launch.pairs_per_warp);
+  const int groups = kWarp / lanes;
+  const int rounds = std::min(std::max(1, launch.pairs_per_warp / groups), kGenericRounds<T>);
+  if (!grid_for(groups * rounds, &grid)) return cudaErrorInvalidConfiguration;
+  // neox with the rotary half in whole 16-byte chunks keeps partners in one lane (PairedLayout).
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const bool paired = p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
+  const auto kernel = paired ? forward_generic_kernel<T, kVec, Style::kNeox, true> : pick_generic<ForwardGeneric, T>(p);
+  return launch_kernel(kernel, grid, block, generic_smem_bytes<T>(p, launch, false), stream, launch.pdl, args, rounds,
+                       lanes);
 }
 
 }  // namespace qkrope::cuda

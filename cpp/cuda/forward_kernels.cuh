@@ -3,8 +3,9 @@
 // forward_tuned: head_dim fixed at compile time (64, 128, 256), full-rotary neox or any gptj; all of a
 //   lane's data stays in registers and a warp reuses one cos/sin load for the pairs of a token. Built
 //   twice: for any inputs, and for the common ones (Inputs::kCommon) without run-time type switches.
-// forward_generic: any even head_dim <= 512 and any rotary_dim; one warp per pair, chunk slots predicated,
-//   neox partners exchanged through shared memory.
+// forward_generic: any even head_dim <= 512 and any rotary_dim; chunk slots predicated, a warp's loads
+//   all in flight at once, weights staged per block; neox partners held by one lane (PairedLayout) or,
+//   where the rotary half is not whole chunks, exchanged through shared memory.
 #pragma once
 
 #include "cuda/device_common.cuh"
@@ -193,8 +194,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
 //
 // A head is handled by a group of L lanes (a power of two chosen by the launcher); lane gl of a group
 // holds chunks gl + L * k (k < K) of C elements, predicated on the head's chunk count. A warp runs
-// G = 32 / L heads side by side and loops over its pairs in steps of G. neox partners are exchanged
-// through a shared-memory row per head.
+// G = 32 / L heads side by side, a step of G pairs at a time. neox partners are exchanged through a
+// shared-memory row per head, except in the forward's PairedLayout.
 
 struct GenericLayout {
   int L, G, chunks;
@@ -211,6 +212,24 @@ struct GenericLayout {
   __device__ __forceinline__ bool has(int k) const { return chunk(k) < chunks; }
 };
 
+// The forward's layout for neox when the rotary half is a whole number of chunks (half % C == 0): a lane
+// holds rotate-half partners together, as the tuned layout does, so the rotation needs no shared-memory
+// exchange and one run of angles serves both chunks (fewer registers: 154 -> 122 for bf16). Slots 2m and
+// 2m + 1 of lane gl form unit u = gl + L * m: chunks u and u + H for u < H (H: the rotary half in chunks),
+// the pass-through chunks 2u and 2u + 1 past it. As many units as half the chunks, rounded up, so it
+// needs the lanes GenericLayout does.
+struct PairedLayout : GenericLayout {
+  int H;
+  __device__ __forceinline__ PairedLayout(int lanes_per_head, int head_dim, int c, int rotary_dim)
+      : GenericLayout(lanes_per_head, head_dim, c), H(rotary_dim / 2 / c) {}
+  __device__ __forceinline__ int unit(int m) const { return gl + L * m; }
+  __device__ __forceinline__ int chunk(int k) const {
+    const int u = unit(k / 2), side = k % 2;
+    return u < H ? u + side * H : 2 * u + side;
+  }
+  __device__ __forceinline__ bool has(int k) const { return chunk(k) < chunks; }
+};
+
 // Sum over an aligned group of L lanes (L a run-time power of two). Every lane of the warp calls it.
 __device__ __forceinline__ float group_sum_runtime(float v, int lanes) {
   for (int offset = lanes / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -222,30 +241,67 @@ __device__ __forceinline__ float* head_row(float* smem, const GenericLayout& lay
   return smem + ((threadIdx.x / kWarp) * lay.G + lay.grp) * head_dim;
 }
 
-// cos/sin for each element a lane holds (identity past rotary_dim).
-template <int K, int C>
+// cos/sin for each element a lane holds (identity past rotary_dim). A chunk whose rotary pairs are
+// consecutive reads them as one run (16-byte words where the table allows: load_angles); only a neox chunk
+// that straddles the rotary half or its end goes element by element. Element-wise loads everywhere made
+// the angles the longest part of a generic warp's critical path.
+template <int K, int C, Style S>
 __device__ __forceinline__ void load_generic_angles(const KernelArgs& a, int64_t position, const GenericLayout& lay,
                                                     float (&c)[K][C], float (&s)[K][C]) {
   const Problem& p = a.p;
   const int half = p.rotary_dim / 2;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
+    const int e0 = lay.chunk(k) * C;
+    if (!lay.has(k) || e0 >= p.rotary_dim) {
 #pragma unroll
-    for (int j = 0; j < C; ++j) {
-      const int e = lay.chunk(k) * C + j;
-      float cj = 1.0f, sj = 0.0f;
-      if (lay.has(k) && e < p.rotary_dim) {
-        const int pair = p.style == Style::kNeox ? (e < half ? e : e - half) : e / 2;
-        float one_c[1], one_s[1];
-        load_angles<1>(a, position, pair, one_c, one_s);
-        cj = one_c[0];
-        sj = one_s[0];
+      for (int j = 0; j < C; ++j) {
+        c[k][j] = 1.0f;
+        s[k][j] = 0.0f;
       }
-      c[k][j] = cj;
-      s[k][j] = sj;
+      continue;
+    }
+    if constexpr (S == Style::kGptj) {
+      // Pairs (2i, 2i + 1) of the chunk share angle i: C / 2 consecutive angles, identity past the half.
+      float c2[C / 2], s2[C / 2];
+      load_angles<C / 2>(a, position, e0 / 2, c2, s2);
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        c[k][j] = c2[j / 2];
+        s[k][j] = s2[j / 2];
+      }
+    } else if (e0 + C <= half) {
+      load_angles<C>(a, position, e0, c[k], s[k]);
+    } else if (e0 >= half && e0 + C <= p.rotary_dim && half % C == 0) {  // aligned like the first half's runs
+      load_angles<C>(a, position, e0 - half, c[k], s[k]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        const int e = e0 + j;
+        float one_c[1] = {1.0f}, one_s[1] = {0.0f};
+        if (e < p.rotary_dim) load_angles<1>(a, position, e < half ? e : e - half, one_c, one_s);
+        c[k][j] = one_c[0];
+        s[k][j] = one_s[0];
+      }
     }
   }
 }
+
+// C consecutive floats of shared memory starting on a multiple of C (16-byte words where C allows).
+template <int C>
+struct SmemRun {
+  static constexpr int kWord = C % 4 == 0 ? 4 : (C % 2 == 0 ? 2 : 1);
+  using Word = std::conditional_t<kWord == 4, float4, std::conditional_t<kWord == 2, float2, float>>;
+
+  __device__ __forceinline__ static void store(float* dst, const float (&v)[C]) {
+#pragma unroll
+    for (int w = 0; w < C / kWord; ++w) reinterpret_cast<Word*>(dst)[w] = *reinterpret_cast<const Word*>(&v[w * kWord]);
+  }
+  __device__ __forceinline__ static void load(const float* src, float (&v)[C]) {
+#pragma unroll
+    for (int w = 0; w < C / kWord; ++w) *reinterpret_cast<Word*>(&v[w * kWord]) = reinterpret_cast<const Word*>(src)[w];
+  }
+};
 
 // Rotates a lane's values by +angle (sign 1) or -angle (sign -1). neox partners go through the head's
 // shared-memory row, so every lane of the warp must call it.
@@ -257,18 +313,28 @@ __device__ __forceinline__ void rotate_generic(const Problem& p, float* row, con
     const int half = p.rotary_dim / 2;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (lay.has(k)) {
-#pragma unroll
-        for (int j = 0; j < C; ++j) row[lay.chunk(k) * C + j] = v[k][j];
-      }
+      if (lay.has(k)) SmemRun<C>::store(row + lay.chunk(k) * C, v[k]);
     }
     __syncwarp();
+    // With half a multiple of C, no chunk straddles the half or the rotary end: a chunk's partners are
+    // one run, read at once. Otherwise element by element.
+    const bool runs = half % C == 0;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (!lay.has(k)) continue;
+      const int e0 = lay.chunk(k) * C;
+      if (!lay.has(k) || e0 >= p.rotary_dim) continue;
+      if (runs) {
+        const bool lower = e0 < half;
+        float partner[C];
+        SmemRun<C>::load(row + (lower ? e0 + half : e0 - half), partner);
+        const float side = lower ? -sign : sign;
+#pragma unroll
+        for (int j = 0; j < C; ++j) v[k][j] = v[k][j] * c[k][j] + partner[j] * side * s[k][j];
+        continue;
+      }
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        const int e = lay.chunk(k) * C + j;
+        const int e = e0 + j;
         if (e >= p.rotary_dim) continue;
         const float sn = sign * s[k][j];
         v[k][j] = e < half ? v[k][j] * c[k][j] - row[e + half] * sn : v[k][j] * c[k][j] + row[e - half] * sn;
@@ -288,64 +354,144 @@ __device__ __forceinline__ void rotate_generic(const Problem& p, float* row, con
   }
 }
 
-// One pair of a lane group in the generic kernels, with its chunks loaded (possibly still in flight).
-template <typename T, int C, int K>
-struct GenericPair {
-  bool valid;
-  int group;
-  int64_t token, offset;
-  Chunk<T, C> raw[K];
-
-  __device__ __forceinline__ void fetch(const Problem& p, const GenericLayout& lay, const PairCursor& cur, bool ok) {
-    valid = ok;
-    int local = 0;
-    group = valid ? split_head(p, cur.head, &local) : 0;
-    token = cur.token;
-    offset = valid ? head_offset(p, group, cur.token, local) : 0;
-    const T* src = static_cast<const T*>(p.group[group].in) + offset;
+// cos/sin of each rotary unit a lane of PairedLayout holds (identity for pass-through units): one run of C
+// angles, shared by the unit's two chunks.
+template <int M, int C>
+__device__ __forceinline__ void load_paired_angles(const KernelArgs& a, int64_t position, const PairedLayout& lay,
+                                                   float (&c)[M][C], float (&s)[M][C]) {
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (valid && lay.has(k)) {
-        raw[k].load(src + lay.chunk(k) * C);
-      } else {
-        raw[k].zero();
+  for (int m = 0; m < M; ++m) {
+    if (lay.unit(m) < lay.H) {
+      load_angles<C>(a, position, lay.unit(m) * C, c[m], s[m]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        c[m][j] = 1.0f;
+        s[m][j] = 0.0f;
       }
     }
   }
-};
+}
 
-template <typename T, int C, Style S>
-__global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const KernelArgs a, int pairs_per_warp,
-                                                                       int lanes_per_head) {
-  constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane (enough for L = 32)
-  extern __shared__ float smem[];
-  const Problem& p = a.p;
-  const GenericLayout lay(lanes_per_head, p.head_dim, C);
-  const int heads = p.total_heads();
-  const int64_t total = p.total_pairs();
-  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp * pairs_per_warp;
-  const int64_t end = first + pairs_per_warp < total ? first + pairs_per_warp : total;
-  float* row = head_row(smem, lay, p.head_dim);
-  wait_for_previous_kernel(a.pdl);
-  if (first >= end) return;  // warp-uniform
-
-  float cs[K][C], sn[K][C];
-  int64_t angles_token = -1;
-  PairCursor cur(first + lay.grp, heads);
-  GenericPair<T, C, K> now;
-  now.fetch(p, lay, cur, first + lay.grp < end);
-  for (int64_t base = first; base < end; base += lay.G) {  // warp-uniform
-    // Issue the next pair's loads before working on this one.
-    GenericPair<T, C, K> next;
-    const bool more = base + lay.G < end;
-    if (more) {
-      cur.advance(lay.G, heads);
-      next.fetch(p, lay, cur, base + lay.G + lay.grp < end);
+// Rotates the rotary units of PairedLayout in registers: slot 2m holds element i < half, slot 2m + 1 its
+// partner i + half.
+template <int K, int C>
+__device__ __forceinline__ void rotate_paired(const PairedLayout& lay, float (&v)[K][C], const float (&c)[K / 2][C],
+                                              const float (&s)[K / 2][C], float sign) {
+#pragma unroll
+  for (int m = 0; m < K / 2; ++m) {
+    if (lay.unit(m) >= lay.H) continue;
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const float x = v[2 * m][j], y = v[2 * m + 1][j], cs = c[m][j], sn = sign * s[m][j];
+      v[2 * m][j] = x * cs - y * sn;
+      v[2 * m + 1][j] = y * cs + x * sn;
     }
-    const int g = now.group;
-    if (now.valid && g < 2 && now.token != angles_token) {
-      load_generic_angles<K, C>(a, load_position(p, now.token), lay, cs, sn);
-      angles_token = now.token;
+  }
+}
+
+// Pairs a lane group of the generic forward keeps in flight at once: 128 bytes of head data per lane
+// (its K chunk slots hold 16 elements). A warp runs G lane groups side by side, so it owns G * rounds
+// pairs, rounds <= kGenericRounds (the launcher maps the N asked for onto that).
+template <typename T>
+constexpr int kGenericRounds = 8 / static_cast<int>(sizeof(T));
+
+// Fills scale[g * head_dim + e] with element e of weight g's scale (scale_of), one chunk of C elements per
+// thread and step, then synchronises the block. Every thread of the block calls it.
+template <int C>
+__device__ __forceinline__ void stage_scales_generic(const KernelArgs& a, float* scale) {
+  const Problem& p = a.p;
+  const int per_weight = p.head_dim / C;
+  for (int w = threadIdx.x; w < 2 * per_weight; w += blockDim.x) {
+    const int g = w < per_weight ? 0 : 1;
+    const int e = (w - g * per_weight) * C;
+    float run[C];
+    load_scale<C>(p, g, e, a.weight_vec, run);
+    SmemRun<C>::store(scale + g * p.head_dim + e, run);
+  }
+  __syncthreads();
+}
+
+// Registers: two blocks of kMaxThreads (16 warps of the library's 4-warp blocks per SM) fit all but the
+// shared-memory neox kernels, which spill at that bound and get one.
+template <Style S, bool Paired>
+constexpr int kGenericMinBlocks = S == Style::kNeox && !Paired ? 1 : 2;
+
+// Like forward_tuned with head_dim known at run time: a warp owns G * rounds consecutive pairs, and every
+// lane issues all of its loads (positions, then head chunks, then its share of the block's weights) before
+// it waits for any; the first token's cos/sin go out before the block barrier of the staged weights.
+// The loop over pairs that loaded one pair ahead, with the weights read per pair after the norm, ran at
+// 14-43% of copy bandwidth (results/run11_generic). Paired (neox only): PairedLayout instead of
+// GenericLayout.
+template <typename T, int C, Style S, bool Paired = false>
+__global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
+    forward_generic_kernel(const KernelArgs a, int rounds, int lanes_per_head) {
+  constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane (enough for L = 32)
+  constexpr int R = kGenericRounds<T>;
+  constexpr int KA = Paired ? K / 2 : K;  // runs of C angles a lane holds
+  static_assert(!Paired || (S == Style::kNeox && K % 2 == 0), "paired slots hold neox partners");
+  extern __shared__ float smem[];  // [2][head_dim] weight scales, then the neox staging rows
+  const Problem& p = a.p;
+  using Layout = std::conditional_t<Paired, PairedLayout, GenericLayout>;
+  const Layout lay = [&] {
+    if constexpr (Paired) {
+      return PairedLayout(lanes_per_head, p.head_dim, C, p.rotary_dim);
+    } else {
+      return GenericLayout(lanes_per_head, p.head_dim, C);
+    }
+  }();
+  const auto load_angles_at = [&](int64_t position, float (&c)[KA][C], float (&s)[KA][C]) {
+    if constexpr (Paired) {
+      load_paired_angles<KA, C>(a, position, lay, c, s);
+    } else {
+      load_generic_angles<K, C, S>(a, position, lay, c, s);
+    }
+  };
+  float* scale = smem;
+  float* row = head_row(smem + 2 * p.head_dim, lay, p.head_dim);
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int64_t first = warp * lay.G * rounds;
+  const int64_t end = first + lay.G * rounds < p.total_pairs() ? first + lay.G * rounds : p.total_pairs();
+
+  PairSlots<R> at;
+  at.locate(p, first + lay.grp, lay.G, end);  // slots at or past `rounds` are past `end`: invalid
+  wait_for_previous_kernel(a.pdl);
+  WidePosition position[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
+  Chunk<T, C> raw[R][K];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const T* src = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (at.valid[i] && lay.has(k)) {
+        raw[i][k].load(src + lay.chunk(k) * C);
+      } else {
+        raw[i][k].zero();
+      }
+    }
+  }
+  // The angles held are those of position `angles_at` (once `have_angles`). Compared by position rather
+  // than token: fewer registers live across the loads.
+  float cs[KA][C], sn[KA][C];
+  int64_t angles_at = 0;
+  bool have_angles = false;
+  if (at.valid[0] && at.group[0] < 2) {
+    angles_at = position[0].value(p);
+    have_angles = true;
+    load_angles_at(angles_at, cs, sn);
+  }
+  stage_scales_generic<C>(a, scale);
+
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    if (i == rounds) break;  // warp-uniform
+    const int g = at.group[i];
+    if (at.valid[i] && g < 2 && (!have_angles || position[i].value(p) != angles_at)) {
+      angles_at = position[i].value(p);
+      have_angles = true;
+      load_angles_at(angles_at, cs, sn);
     }
     float v[K][C];
     float sumsq = 0.0f;
@@ -353,40 +499,39 @@ __global__ void __launch_bounds__(kMaxThreads) forward_generic_kernel(const Kern
     for (int k = 0; k < K; ++k) {
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        v[k][j] = now.raw[k].get(j);
+        v[k][j] = raw[i][k].get(j);
         sumsq += v[k][j] * v[k][j];
       }
     }
     const float r = rsqrtf(group_sum_runtime(sumsq, lay.L) / static_cast<float>(p.head_dim) + p.eps);
+    const float* w = scale + (g & 1) * p.head_dim;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      float w[C];
-      if (now.valid && g < 2 && lay.has(k)) {
-        load_scale<C>(p, g, lay.chunk(k) * C, a.weight_vec, w);
-      } else {
+      if (!lay.has(k)) continue;
+      float wk[C];
+      SmemRun<C>::load(w + lay.chunk(k) * C, wk);
 #pragma unroll
-        for (int j = 0; j < C; ++j) w[j] = 0.0f;
-      }
-#pragma unroll
-      for (int j = 0; j < C; ++j) v[k][j] = v[k][j] * r * w[j];
+      for (int j = 0; j < C; ++j) v[k][j] = v[k][j] * r * wk[j];
     }
-    rotate_generic<K, C, S>(p, row, lay, v, cs, sn, 1.0f);
-    if (now.valid) {
-      T* dst = static_cast<T*>(p.group[g].out) + now.offset;
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        if (!lay.has(k)) continue;
-        if (g == 2) {  // V of an unaliased packed qkv: copy
-          now.raw[k].store(dst + lay.chunk(k) * C);
-          continue;
-        }
-        Chunk<T, C> out;
-#pragma unroll
-        for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
-        out.store(dst + lay.chunk(k) * C);
-      }
+    if constexpr (Paired) {
+      rotate_paired<K, C>(lay, v, cs, sn, 1.0f);
+    } else {
+      rotate_generic<K, C, S>(p, row, lay, v, cs, sn, 1.0f);  // every lane: neox syncs the warp
     }
-    if (more) now = next;
+    if (!at.valid[i]) continue;
+    T* dst = static_cast<T*>(p.group[g].out) + at.offset[i];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (!lay.has(k)) continue;
+      if (g == 2) {  // V of an unaliased packed qkv: copy
+        raw[i][k].store(dst + lay.chunk(k) * C);
+        continue;
+      }
+      Chunk<T, C> out;
+#pragma unroll
+      for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
+      out.store(dst + lay.chunk(k) * C);
+    }
   }
 }
 
