@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate_classes bench bench_backward examples
-#   bench_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   bench_generic ncu_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -124,6 +124,20 @@ ncu_source() {
     ncu -i "/tmp/ncu_source_$tokens.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_source_$tokens.csv" 2>&1
     python3 benchmarks/ncu_source_summary.py "$OUT/ncu_source_$tokens.csv" | tee "$OUT/ncu_source_$tokens.txt"
   done
+}
+# The generic forward ((32, 8, 80) neox, T = 16384, N = 16, third call): warp states per instruction,
+# occupancy and memory sections, as ncu_source and ncu_stalls do for the tuned kernels.
+ncu_generic() {
+  ncu --kernel-name regex:forward_generic --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
+    --section SourceCounters --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis \
+    --section SpeedOfLight --warp-sampling-interval 0 -f -o /tmp/ncu_generic \
+    python3 benchmarks/ncu_kernels.py --heads 32,8,80 --tokens 16384 --choices 16 --forward-only > "$OUT/ncu_generic.log" 2>&1
+  echo "ncu exit $?"
+  ncu -i /tmp/ncu_generic.ncu-rep --page details > "$OUT/ncu_generic_details.txt" 2>&1
+  grep -E "Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers|Block Limit|Warp Cycles|Hit Rate" \
+    "$OUT/ncu_generic_details.txt" | head -40
+  ncu -i /tmp/ncu_generic.ncu-rep --page source --csv --print-source sass > "$OUT/ncu_generic_source.csv" 2>&1
+  python3 benchmarks/ncu_source_summary.py "$OUT/ncu_generic_source.csv" | tee "$OUT/ncu_generic_source.txt" | head -40
 }
 # The standalone probe (benchmarks/stream_probe.cu: the kernels next to plain copies, no JAX), built into
 # $1 with extra nvcc flags $2 (ptxas register reports in $1/ptxas_<source>.log).
