@@ -11,7 +11,8 @@ import pytest
 
 from jax_qkrope import dispatch
 
-SWEEP = Path(__file__).parents[1] / "benchmarks" / "results" / "run11_generic" / "paired" / "calibration_sm90_sweep.json"
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
+SWEEP = RESULTS / "run11_generic" / "common" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
 

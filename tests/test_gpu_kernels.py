@@ -89,11 +89,12 @@ def test_row_prefetch_leaves_results_unchanged(ahead, dtype, head_dim):
                 assert_close(a, e.astype(dtype), dtype, f"ahead {ahead} N={n} {style} cache {cache_dtype}")
 
 
-@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize(("head_dim", "rotary"), [(64, 64), (128, 128), (256, 256), (80, 80), (128, 64)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_common_and_general_input_kernels(dtype, head_dim):
+def test_common_and_general_input_kernels(dtype, head_dim, rotary):
     """The tuned kernels are built twice: for the common inputs (f32 cache, full rotary, weights absent or of
-    q's dtype) without run-time type switches, and for any inputs. Inputs on both sides of that line, at
+    q's dtype) without run-time type switches, and for any inputs; so is the generic forward's neox
+    PairedLayout (80, and 128 with rotary_dim 64; any rotary_dim). Inputs on both sides of that line, at
     every N and style, with a weight offset and one weight missing, match the reference, forward and
     backward; the backward on a grid of one 1-warp block per SM, so each warp runs many tasks back to back."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 3), 8)
@@ -104,7 +105,7 @@ def test_common_and_general_input_kernels(dtype, head_dim):
     same, f32 = random_weight(keys[3], head_dim, dtype), random_weight(keys[4], head_dim)
     cot = (random_heads(keys[5], tokens, 5, head_dim, dtype), random_heads(keys[6], tokens, 2, head_dim, dtype))
     other = jnp.bfloat16 if dtype != jnp.bfloat16 else jnp.float16
-    tables = {c: qkr.rope_cos_sin_cache(3000, head_dim, dtype=c) for c in (jnp.float32, other)}
+    tables = {c: qkr.rope_cos_sin_cache(3000, rotary, dtype=c) for c in (jnp.float32, other)}
     cases = {  # name: (q_weight, k_weight, cache dtype, weight_offset); the first two take the common kernel
         "common": (same, same, jnp.float32, 0.0),
         "common, k weight missing, offset": (same, None, jnp.float32, 1.0),
@@ -117,7 +118,7 @@ def test_common_and_general_input_kernels(dtype, head_dim):
     for n in (1, 2, 4, 8, 16):
         for style in ("neox", "gptj"):
             for name, (wq, wk, cache_dtype, offset) in cases.items():
-                kw = dict(style=style, cos_sin_cache=tables[cache_dtype], weight_offset=offset)
+                kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=tables[cache_dtype], weight_offset=offset)
                 args = (q, k, wq) if wk is None else (q, k, wq, wk)  # a missing weight has no gradient
 
                 def run(args, cot, kw=kw):  # a fresh jit per variant: lowered under the overrides

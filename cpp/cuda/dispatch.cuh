@@ -31,13 +31,22 @@ constexpr ElemType kElemTypeOf = std::is_same_v<T, float> ? ElemType::kF32
                                  : std::is_same_v<T, __half> ? ElemType::kF16
                                                              : ElemType::kBF16;
 
-// The inputs Inputs::kCommon assumes (see there): checked here, per call.
+// The table and weights Inputs::kCommon assumes (see there), whatever the rotary_dim: an aligned f32
+// cache and weights absent or of the storage type, aligned. Enough for the generic forward's PairedLayout,
+// whose runs of angles never cross the rotary half by construction.
 template <typename T>
-bool common_inputs(const KernelArgs& a) {
+bool common_table_and_weights(const KernelArgs& a) {
   const Problem& p = a.p;
   const auto weight_ok = [&](int g) { return p.weight[g] == nullptr || p.weight_dtype[g] == kElemTypeOf<T>; };
-  return p.table.is_cache && p.table.dtype == ElemType::kF32 && a.table_vec && p.rotary_dim == p.head_dim &&
-         a.weight_vec && weight_ok(0) && weight_ok(1);
+  return p.table.is_cache && p.table.dtype == ElemType::kF32 && a.table_vec && a.weight_vec && weight_ok(0) &&
+         weight_ok(1);
+}
+
+// The inputs Inputs::kCommon assumes for the tuned kernels: checked here, per call. Their runs of angles
+// stay inside the rotary half only with full rotary.
+template <typename T>
+bool common_inputs(const KernelArgs& a) {
+  return common_table_and_weights<T>(a) && a.p.rotary_dim == a.p.head_dim;
 }
 
 // The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox.

@@ -52,7 +52,13 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   // neox with the rotary half in whole 16-byte chunks keeps partners in one lane (PairedLayout).
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const bool paired = p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
-  const auto kernel = paired ? forward_generic_kernel<T, kVec, Style::kNeox, true> : pick_generic<ForwardGeneric, T>(p);
+  // Paired and with the common table and weights: built without the run-time type switches as well (the
+  // kAny build was 8328 SASS instructions with six inlined cos/sin paths; results/run11_generic/ncu_paired).
+  auto kernel = pick_generic<ForwardGeneric, T>(p);
+  if (paired) {
+    kernel = common_table_and_weights<T>(args) ? forward_generic_kernel<T, kVec, Style::kNeox, true, Inputs::kCommon>
+                                               : forward_generic_kernel<T, kVec, Style::kNeox, true, Inputs::kAny>;
+  }
   return launch_kernel(kernel, grid, block, generic_smem_bytes<T>(p, launch, false), stream, launch.pdl, args, rounds,
                        lanes);
 }

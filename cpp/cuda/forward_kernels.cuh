@@ -356,13 +356,13 @@ __device__ __forceinline__ void rotate_generic(const Problem& p, float* row, con
 
 // cos/sin of each rotary unit a lane of PairedLayout holds (identity for pass-through units): one run of C
 // angles, shared by the unit's two chunks.
-template <int M, int C>
+template <int M, int C, Inputs In>
 __device__ __forceinline__ void load_paired_angles(const KernelArgs& a, int64_t position, const PairedLayout& lay,
                                                    float (&c)[M][C], float (&s)[M][C]) {
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     if (lay.unit(m) < lay.H) {
-      load_angles<C>(a, position, lay.unit(m) * C, c[m], s[m]);
+      load_angles<C, In>(a, position, lay.unit(m) * C, c[m], s[m]);
     } else {
 #pragma unroll
       for (int j = 0; j < C; ++j) {
@@ -398,7 +398,7 @@ constexpr int kGenericRounds = 8 / static_cast<int>(sizeof(T));
 
 // Fills scale[g * head_dim + e] with element e of weight g's scale (scale_of), one chunk of C elements per
 // thread and step, then synchronises the block. Every thread of the block calls it.
-template <int C>
+template <int C, typename WeightT = void>
 __device__ __forceinline__ void stage_scales_generic(const KernelArgs& a, float* scale) {
   const Problem& p = a.p;
   const int per_weight = p.head_dim / C;
@@ -406,7 +406,7 @@ __device__ __forceinline__ void stage_scales_generic(const KernelArgs& a, float*
     const int g = w < per_weight ? 0 : 1;
     const int e = (w - g * per_weight) * C;
     float run[C];
-    load_scale<C>(p, g, e, a.weight_vec, run);
+    load_scale<C, WeightT>(p, g, e, a.weight_vec, run);
     SmemRun<C>::store(scale + g * p.head_dim + e, run);
   }
   __syncthreads();
@@ -422,14 +422,15 @@ constexpr int kGenericMinBlocks = S == Style::kNeox && !Paired ? 1 : 2;
 // it waits for any; the first token's cos/sin go out before the block barrier of the staged weights.
 // The loop over pairs that loaded one pair ahead, with the weights read per pair after the norm, ran at
 // 14-43% of copy bandwidth (results/run11_generic). Paired (neox only): PairedLayout instead of
-// GenericLayout.
-template <typename T, int C, Style S, bool Paired = false>
+// GenericLayout. In: Inputs::kCommon only with Paired (common_table_and_weights).
+template <typename T, int C, Style S, bool Paired = false, Inputs In = Inputs::kAny>
 __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
     forward_generic_kernel(const KernelArgs a, int rounds, int lanes_per_head) {
   constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane (enough for L = 32)
   constexpr int R = kGenericRounds<T>;
   constexpr int KA = Paired ? K / 2 : K;  // runs of C angles a lane holds
   static_assert(!Paired || (S == Style::kNeox && K % 2 == 0), "paired slots hold neox partners");
+  static_assert(Paired || In == Inputs::kAny, "other layouts' runs of angles may cross the rotary half");
   extern __shared__ float smem[];  // [2][head_dim] weight scales, then the neox staging rows
   const Problem& p = a.p;
   using Layout = std::conditional_t<Paired, PairedLayout, GenericLayout>;
@@ -442,7 +443,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
   }();
   const auto load_angles_at = [&](int64_t position, float (&c)[KA][C], float (&s)[KA][C]) {
     if constexpr (Paired) {
-      load_paired_angles<KA, C>(a, position, lay, c, s);
+      load_paired_angles<KA, C, In>(a, position, lay, c, s);
     } else {
       load_generic_angles<K, C, S>(a, position, lay, c, s);
     }
@@ -482,7 +483,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
     have_angles = true;
     load_angles_at(angles_at, cs, sn);
   }
-  stage_scales_generic<C>(a, scale);
+  stage_scales_generic<C, AssumedWeight<T, In>>(a, scale);
 
 #pragma unroll
   for (int i = 0; i < R; ++i) {
