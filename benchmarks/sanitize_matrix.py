@@ -1,6 +1,7 @@
 """A small, representative matrix of every kernel variant, forward and backward, for compute-sanitizer:
 styles x forced pairs-per-warp x head_dims (tuned, vectorised generic, narrow generic) x full and partial
-rotary x odd token counts, the forward's cos/sin prefetch, plus the packed layout with and without aliasing.
+rotary x odd token counts, cache-free and with a float32 cache (the common-input builds), the forward's
+cos/sin prefetch, plus the packed layout with and without aliasing.
 Checks results too.
 
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
@@ -61,6 +62,28 @@ def main() -> int:
                 if not err <= 1e-2:
                     print(f"MISMATCH d={d} t={t} N={n} {s} rotary={r}: {err}")
                     return 1
+        # With a float32 cos/sin cache and weights of q's dtype: the kernels built for the common inputs
+        # (tuned with full rotary, the generic forward's PairedLayout), which the cache-free runs above miss.
+        q = jax.random.normal(jax.random.PRNGKey(d + 5), (17, 5, d), jnp.bfloat16)
+        k = jax.random.normal(jax.random.PRNGKey(d + 6), (17, 2, d), jnp.bfloat16)
+        p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
+        for n in (1, 8, 16):
+            for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
+                cache = qkr.rope_cos_sin_cache(100, rotary)
+                kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=cache)
+
+                def forward_backward(q, k, w, p, kw=kw):
+                    out, vjp = jax.vjp(lambda q, k, w: qkr.fused(q, k, p, w, w, **kw), q, k, w)
+                    return out, vjp(out)
+
+                with dispatch.override_choice(n):
+                    out, grads = jax.jit(forward_backward)(q, k, w, p)
+                err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
+                assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
+                if not err <= 1e-2:  # NaN included
+                    print(f"MISMATCH cached d={d} N={n} {style} rotary={rotary}: {err}")
+                    return 1
+                worst = max(worst, err)
         # 16 pairs per warp (an auto-dispatch choice), every head_dim: the generic kernels map it to their
         # most pairs per lane; partial rotary runs them for neox at any head_dim.
         q = jax.random.normal(jax.random.PRNGKey(d), (33, 5, d), jnp.bfloat16)
