@@ -1,6 +1,7 @@
 """Calibrates the forward kernel's pairs-per-warp heuristic on the current GPU.
 
-For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80) and a ladder
+For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80; the generic table
+also serves partial-rotary neox at any head_dim, dispatch.head_dim_class) and a ladder
 of token counts, times every forced N in {1, 2, 4, 8, 16}, keeps the fastest, turns the winners into
 thresholds on the pair count, and writes ``jax_qkrope/calibration/sm<major><minor>.json`` ("forward" for
 neox, "forward_gptj"), which the dispatch reads.
