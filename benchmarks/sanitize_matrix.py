@@ -67,6 +67,7 @@ def main() -> int:
         q = jax.random.normal(jax.random.PRNGKey(d + 5), (17, 5, d), jnp.bfloat16)
         k = jax.random.normal(jax.random.PRNGKey(d + 6), (17, 2, d), jnp.bfloat16)
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
+        w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 8), (d,))).astype(jnp.bfloat16)
         for n in (1, 8, 16):
             for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
                 cache = qkr.rope_cos_sin_cache(100, rotary)

@@ -214,7 +214,8 @@ struct GenericLayout {
 
 // The forward's layout for neox when the rotary half is a whole number of chunks (half % C == 0): a lane
 // holds rotate-half partners together, as the tuned layout does, so the rotation needs no shared-memory
-// exchange and one run of angles serves both chunks (fewer registers: 154 -> 122 for bf16). Slots 2m and
+// exchange and one run of angles serves both chunks (bf16: 128 registers with no spill at two blocks per
+// SM, 120 in the common-input build; the shared-memory kernel needs 154 for one). Slots 2m and
 // 2m + 1 of lane gl form unit u = gl + L * m: chunks u and u + H for u < H (H: the rotary half in chunks),
 // the pass-through chunks 2u and 2u + 1 past it. As many units as half the chunks, rounded up, so it
 // needs the lanes GenericLayout does.
