@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels sanitize calibrate calibrate_classes bench bench_backward examples
-#   bench_generic ncu_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   bench_generic bench_generic_backward ncu_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,10 +79,16 @@ quickbench() {
   python3 -m jax_qkrope.bench --out "$OUT" --name quick --shapes 32,8,128 16,2,256 --tokens 1 16 1024 4096 16384 65536 \
     --styles neox 2>&1 | tail -16
 }
-# Shapes the generic kernels serve: head_dims outside 64/128/256, and neox with partial rotary.
+# Shapes the generic kernels serve: head_dims outside 64/128/256, and neox with partial rotary. BENCH_ARGS:
+# more bench options (e.g. --prefetch 0 for an A/B of the cos/sin prefetch in one build).
 bench_generic() {
+  # shellcheck disable=SC2086
   python3 -m jax_qkrope.bench --out "$OUT" --name ${BENCH_NAME:-h100_generic} --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 \
-    --tokens ${BENCH_TOKENS:-1 128 1024 4096 16384 65536} 2>&1 | tail -52
+    --tokens ${BENCH_TOKENS:-1 128 1024 4096 16384 65536} ${BENCH_ARGS:-} 2>&1 | tail -52
+}
+bench_generic_backward() {
+  python3 -m jax_qkrope.bench --out "$OUT" --name ${BENCH_NAME:-h100_generic} --backward-only \
+    --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 --tokens ${BENCH_TOKENS:-1024 16384} 2>&1 | grep -v "it/s" | tail -20
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
 ncu_check() {
@@ -90,7 +96,10 @@ ncu_check() {
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_kernels.csv" 2> "$OUT/ncu_kernels.err"
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_kernels.csv"
 }
-variants() { python3 benchmarks/kernel_variants.py --out "$OUT" 2>&1 | tee "$OUT/kernel_variants.log" | grep -v "^\[" | tail -30; }
+variants() {  # VARIANT_ARGS: more kernel_variants.py options (e.g. --backward-only --backward-heads 32,8,80)
+  # shellcheck disable=SC2086
+  python3 benchmarks/kernel_variants.py --out "$OUT" ${VARIANT_ARGS:-} 2>&1 | tee "$OUT/kernel_variants.log" | grep -v "^\[" | tail -30
+}
 ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned kernels
   ncu --kernel-name regex:tuned_kernel --clock-control none --cache-control none --csv --metrics \
     gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed \

@@ -3,6 +3,10 @@ per forced pairs-per-warp N, and backward time per (N, warps per block, blocks p
 persistent grid.
 
     python benchmarks/kernel_variants.py [--out DIR]
+    python benchmarks/kernel_variants.py --backward-only --backward-heads 32,8,80 32,8,128,64 \
+        --backward-launches 8,4,2 4,4,3
+
+--backward-heads takes Hq,Hk,D or Hq,Hk,D,R (rotary_dim R); --backward-launches N,warps,blocks_per_SM.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ BACKWARD_SHAPES = ((2, 8, 4), (4, 8, 4), (8, 8, 4), (4, 8, 2), (4, 4, 4), (4, 4,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--backward-only", action="store_true", help="skip the forward sweep")
+    parser.add_argument("--backward-heads", nargs="+", default=["32,8,128"])
+    parser.add_argument("--backward-launches", nargs="+", default=[",".join(map(str, s)) for s in BACKWARD_SHAPES])
     args = parser.parse_args()
     copy = copy_bandwidth_gbps()
     print(f"copy {copy:.0f} GB/s on {jax.devices()[0].device_kind}", flush=True)
     records = []
-    for heads in SHAPES:
+    for heads in () if args.backward_only else SHAPES:
         for t in TOKENS:
             case = Case(heads, t, "neox")
             inputs = make_inputs(case)
@@ -45,18 +52,22 @@ def main() -> None:
                                     fraction=bound / us))
                 line.append(f"{n}={us:8.2f}({100 * bound / us:3.0f}%)")
             print(f"fwd {heads} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
-    for t, style in ((16384, "neox"), (65536, "neox"), (16384, "gptj")):
-        case = Case((32, 8, 128), t, style)
-        inputs = make_inputs(case)
-        bound = case.backward_bytes() / (copy * 1e3)
-        line = []
-        for shape in BACKWARD_SHAPES:
-            with dispatch.override_backward(*shape):
-                us = time_backward_alone(case, inputs)
-            records.append(dict(kind="backward", heads=[32, 8, 128], T=t, style=style, launch=list(shape), us=us,
-                                bound_us=bound, fraction=bound / us))
-            line.append(f"{shape}={us:8.2f}({100 * bound / us:3.0f}%)")
-        print(f"bwd (32, 8, 128) {style} T={t} bound {bound:8.2f}  " + " ".join(line), flush=True)
+    launches = [tuple(int(v) for v in text.split(",")) for text in args.backward_launches]
+    for spec in args.backward_heads:
+        values = tuple(int(v) for v in spec.split(","))
+        heads, rotary = values[:3], (values[3] if len(values) == 4 else None)
+        for t, style in ((16384, "neox"), (65536, "neox"), (16384, "gptj")):
+            case = Case(heads, t, style, rotary_dim=rotary)
+            inputs = make_inputs(case)
+            bound = case.backward_bytes() / (copy * 1e3)
+            line = []
+            for shape in launches:
+                with dispatch.override_backward(*shape):
+                    us = time_backward_alone(case, inputs)
+                records.append(dict(kind="backward", heads=list(heads), rotary_dim=case.rotary, T=t, style=style,
+                                    launch=list(shape), us=us, bound_us=bound, fraction=bound / us))
+                line.append(f"{shape}={us:8.2f}({100 * bound / us:3.0f}%)")
+            print(f"bwd {heads} rotary {case.rotary} {style} T={t} bound {bound:8.2f}  " + " ".join(line), flush=True)
     meta = dict(device=jax.devices()[0].device_kind, date=str(datetime.date.today()), copy_gbps=copy,
                 method="chain of calls separated by optimization_barrier, fastest-run difference (jax_qkrope.timing)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -94,7 +95,7 @@ def time_forward(case: Case, inputs: dict, fn, **options) -> float:
 
 def time_backward_alone(case: Case, inputs: dict) -> float:
     """The backward primitive only: dx of one call is the next call's cotangent."""
-    config = OpConfig(case.style, case.heads[2], 1e-6, 0.0)
+    config = OpConfig(case.style, case.rotary, 1e-6, 0.0)
 
     def step(q, k, dq, dk, positions, weight, cache):
         (dq, dk), _, _ = primitive.backward((q, k), (dq, dk), positions, weight, weight, cache, config=config,
@@ -112,8 +113,8 @@ def time_forward_backward(case: Case, inputs: dict, fn) -> float:
     and the weight gradients nudge the weights (by 1e-30 of themselves: the values do not change)."""
 
     def step(q, k, ct_q, ct_k, positions, wq, wk, cache):
-        out, vjp = jax.vjp(lambda q, k, wq, wk: fn(q, k, positions, wq, wk, cos_sin_cache=cache, style=case.style),
-                           q, k, wq, wk)
+        out, vjp = jax.vjp(lambda q, k, wq, wk: fn(q, k, positions, wq, wk, cos_sin_cache=cache, style=case.style,
+                                                   rotary_dim=case.rotary), q, k, wq, wk)
         dq, dk, dw_q, dw_k = vjp((ct_q, ct_k))
         wq, wk = ((w.astype(jnp.float32) + 1e-30 * dw.astype(jnp.float32)).astype(w.dtype)
                   for w, dw in ((wq, dw_q), (wk, dw_k)))
@@ -150,7 +151,8 @@ def backward_record(case: Case, copy_gbps: float) -> dict:
     fwdbwd = time_forward_backward(case, inputs, qkr.fused)
     xla_fwdbwd = time_forward_backward(case, inputs, ref.fused)
     bound = case.backward_bytes() / (copy_gbps * 1e3)
-    return dict(heads=list(case.heads), T=case.tokens, style=case.style, dtype=case.dtype, bwd_us=bwd,
+    return dict(heads=list(case.heads), rotary_dim=case.rotary, T=case.tokens, style=case.style, dtype=case.dtype,
+                bwd_us=bwd,
                 bwd_bound_us=bound, fwdbwd_us=fwdbwd, xla_fwdbwd_us=xla_fwdbwd, copy_gbps=copy_gbps,
                 bwd_bandwidth_fraction=bound / max(bwd, 1e-9), fwdbwd_speedup_vs_xla=xla_fwdbwd / max(fwdbwd, 1e-9))
 
@@ -171,11 +173,18 @@ def device_description() -> str:
     return f"{device.device_kind} ({device.platform}), jax {jax.__version__}"
 
 
+def heads_label(record: dict) -> str:
+    """(Hq, Hk, D), with the rotary_dim where it is below D."""
+    heads = tuple(record["heads"])
+    rotary = record.get("rotary_dim", heads[2])
+    return f"{heads}" if rotary == heads[2] else f"{heads} rotary {rotary}"
+
+
 def forward_table(records: list[dict]) -> str:
     lines = ["| heads (Hq, Hk, D) | T | style | ours µs | XLA µs | bound µs | ours/bound | % of copy BW | vs XLA | N |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {tuple(r['heads'])} | {r['T']} | {r['style']} | {r['ours_us']:.2f} | {r['xla_us']:.2f} | "
+        lines.append(f"| {heads_label(r)} | {r['T']} | {r['style']} | {r['ours_us']:.2f} | {r['xla_us']:.2f} | "
                      f"{r['bound_us']:.2f} | {r['ours_over_bound']:.2f} | {100 * r['bandwidth_fraction']:.0f}% | "
                      f"{r['speedup_vs_xla']:.2f}x | {r['pairs_per_warp']} |")
     return "\n".join(lines)
@@ -185,7 +194,7 @@ def backward_table(records: list[dict]) -> str:
     lines = ["| heads (Hq, Hk, D) | T | style | bwd µs | bwd bound µs | % of copy BW | fwd+bwd µs | XLA fwd+bwd µs "
              "| vs XLA |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {tuple(r['heads'])} | {r['T']} | {r['style']} | {r['bwd_us']:.2f} | {r['bwd_bound_us']:.2f} "
+        lines.append(f"| {heads_label(r)} | {r['T']} | {r['style']} | {r['bwd_us']:.2f} | {r['bwd_bound_us']:.2f} "
                      f"| {100 * r['bwd_bandwidth_fraction']:.0f}% | {r['fwdbwd_us']:.2f} | {r['xla_fwdbwd_us']:.2f} | "
                      f"{r['fwdbwd_speedup_vs_xla']:.2f}x |")
     return "\n".join(lines)
@@ -237,7 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backward", action="store_true", help="also the backward and fwd+bwd rows")
     parser.add_argument("--backward-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few points only")
+    parser.add_argument("--prefetch", type=int, default=None, metavar="PAIRS",
+                        help="force the forward's cos/sin prefetch distance in pairs (0: off; default: auto)")
     args = parser.parse_args(argv)
+    with dispatch.override_prefetch(args.prefetch) if args.prefetch is not None else contextlib.nullcontext():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Times the cases the parsed command line asks for and writes the JSON, table and plot."""
 
     on_gpu = jax.default_backend() == "gpu"
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else list(SHAPES)
@@ -253,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = dict(device=device_description(), date=datetime.date.today().isoformat(), host=platform.node(),
                 copy_gbps=copy_gbps, method="chain of calls separated by lax.optimization_barrier, difference of "
                 "two chain lengths, fastest of 21 alternating wall-clock runs of each")
+    if args.prefetch is not None:
+        meta["method"] += f"; the forward's cos/sin prefetch forced to {args.prefetch} pairs ahead (0: off)"
     print(f"{meta['device']}: device-to-device copy {copy_gbps:.0f} GB/s")
     cases = [Case(s, t, st, rotary_dim=rotary.get(s)) for s in shapes for t in tokens for st in args.styles]
 
@@ -264,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / f"{name}_forward.md").write_text(f"{meta['device']}, {meta['date']}\n\n{table}\n")
         print(table)
     if args.backward or args.backward_only:
-        bwd_cases = [c for c in cases if c.heads == (32, 8, 128)] or cases
+        # The default shapes: (32, 8, 128) only; shapes asked for: every one.
+        bwd_cases = cases if args.shapes else [c for c in cases if c.heads == (32, 8, 128)]
         records = [backward_record(c, copy_gbps) for c in progress(bwd_cases, "backward")]
         (args.out / f"{name}_backward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         table = backward_table(records)
