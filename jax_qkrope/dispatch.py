@@ -28,9 +28,11 @@ FORWARD_WARPS_PER_BLOCK = 4
 # H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
 # need 8 pairs per warp for enough bytes in flight (96% of copy bandwidth against 64-70% at 4); at 4 pairs a
 # 256-dim lane needs 163 registers, 3 of the 4 blocks fit on an SM and the rest ran as a second wave
-# (80-87% against 95-97% at 2). The generic kernels take one pair at a time.
+# (80-87% against 95-97% at 2). The generic kernels (other head_dims, partial-rotary neox): 8 pairs per
+# warp (G lane groups x up to 2 rounds in flight), two 4-warp blocks per SM, as their 177-211 registers
+# per lane (bf16) allow (results/run12_generic_prefetch).
 BACKWARD_LAUNCH = {64: (8, 8, 2), 128: (4, 4, 4), 256: (2, 8, 2)}
-BACKWARD_GENERIC_LAUNCH = (1, 4, 4)
+BACKWARD_GENERIC_LAUNCH = (8, 4, 2)
 # The tuned forward kernels warm L2 with the cos/sin rows of the pairs this many head bytes per SM ahead
 # of each warp (about one wave of resident warps): far enough ahead for the rows to arrive before the
 # warps that need them, near enough to stay in L2. From the H100 sweep in benchmarks/stream_probe.cu.
@@ -206,13 +208,16 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
 
 
 def backward_launch(
-    num_pairs: int, head_dim: int, num_examples: int, facts: DeviceFacts, platform: str
+    num_pairs: int, head_dim: int, num_examples: int, facts: DeviceFacts, platform: str, style: str = "neox",
+    rotary_dim: int | None = None,
 ) -> tuple[Launch, int]:
     """(launch, blocks_per_example) of the backward kernel: a persistent grid of a few blocks per SM,
-    split evenly among the examples. The block count fixes the weight-gradient reduction order."""
+    split evenly among the examples. The block count fixes the weight-gradient reduction order. The grid
+    is that of the kernel the problem runs (head_dim_class): partial-rotary neox runs the generic one."""
     if platform != "cuda":
         return Launch(1, 1), 1
-    n, warps, blocks_per_sm = BACKWARD_LAUNCH.get(head_dim, BACKWARD_GENERIC_LAUNCH)
+    cls = head_dim_class(head_dim, style, rotary_dim)
+    n, warps, blocks_per_sm = BACKWARD_GENERIC_LAUNCH if cls == "generic" else BACKWARD_LAUNCH[head_dim]
     if _backward_override:
         n, warps, blocks_per_sm = _backward_override[-1]
     launch = Launch(n, warps)

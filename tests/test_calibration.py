@@ -12,7 +12,7 @@ import pytest
 from jax_qkrope import dispatch
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-SWEEP = RESULTS / "run11_generic" / "common" / "calibration_sm90_sweep.json"
+SWEEP = RESULTS / "run12_generic_prefetch" / "prefetch" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
 

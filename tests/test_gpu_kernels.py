@@ -59,13 +59,14 @@ def test_forced_pairs_per_warp_forward_and_backward(dtype, head_dim):
             assert_close(a, e, jnp.float32, f"{name} {variant}", scale=scale)
 
 
-@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("head_dim", (64, 72, 80, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("ahead", (1, 37, 1000))
 def test_row_prefetch_leaves_results_unchanged(ahead, dtype, head_dim):
     """The forward's L2 warm-up of cos/sin rows `ahead` pairs on is only a hint: at distances shorter than a
     warp, a few tokens and most of the call, every N, style, cache dtype and a cache-free table (nothing to
-    warm) still give the reference's results."""
+    warm) still give the reference's results, in the tuned kernels and the generic ones (72: neox partners
+    through shared memory for 2-byte types; 80: PairedLayout)."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + ahead), 5)
     tokens = (301,)
     q = random_heads(keys[0], tokens, 7, head_dim, dtype)
@@ -89,14 +90,16 @@ def test_row_prefetch_leaves_results_unchanged(ahead, dtype, head_dim):
                 assert_close(a, e.astype(dtype), dtype, f"ahead {ahead} N={n} {style} cache {cache_dtype}")
 
 
-@pytest.mark.parametrize(("head_dim", "rotary"), [(64, 64), (128, 128), (256, 256), (80, 80), (128, 64)])
+@pytest.mark.parametrize(("head_dim", "rotary"), [(64, 64), (128, 128), (256, 256), (80, 80), (128, 64), (96, 40)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_common_and_general_input_kernels(dtype, head_dim, rotary):
     """The tuned kernels are built twice: for the common inputs (f32 cache, full rotary, weights absent or of
-    q's dtype) without run-time type switches, and for any inputs; so is the generic forward's neox
-    PairedLayout (80, and 128 with rotary_dim 64; any rotary_dim). Inputs on both sides of that line, at
-    every N and style, with a weight offset and one weight missing, match the reference, forward and
-    backward; the backward on a grid of one 1-warp block per SM, so each warp runs many tasks back to back."""
+    q's dtype) without run-time type switches, and for any inputs; so are the generic forward's neox
+    PairedLayout (80, and 128 with rotary_dim 64) and its gptj with whole chunks of rotary dims (80, and 96
+    with rotary_dim 40, whose neox exchanges partners through shared memory). Inputs on both sides of that
+    line, at every N and style, with a weight offset and one weight missing, match the reference, forward
+    and backward; the backward on a grid of one 1-warp block per SM, so each warp runs many tasks back to
+    back."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 3), 8)
     tokens = (53,)
     q = random_heads(keys[0], tokens, 5, head_dim, dtype)

@@ -99,7 +99,7 @@ def test_cuda_backward_lowering_has_persistent_partials():
     assert re.search(rf"stablehlo.custom_call @qkrope_bwd\(.*tensor<1x{blocks}x2x128xf32>", text)
 
 
-@pytest.mark.parametrize(("head_dim", "grid"), [(64, (8, 8, 2)), (128, (4, 4, 4)), (256, (2, 8, 2)), (80, (1, 4, 4))])
+@pytest.mark.parametrize(("head_dim", "grid"), [(64, (8, 8, 2)), (128, (4, 4, 4)), (256, (2, 8, 2)), (80, (8, 4, 2))])
 def test_backward_launch_shape_per_head_dim(head_dim, grid):
     """The persistent backward grid the H100 sweep chose per head_dim (results/run9_backward), split evenly
     over the examples, never more blocks than the pairs need, and one block on the CPU."""
@@ -109,6 +109,17 @@ def test_backward_launch_shape_per_head_dim(head_dim, grid):
     _, few = dispatch.backward_launch(96, head_dim, 1, H100, "cuda")
     assert few == math.ceil(96 / pairs / warps)  # only the blocks 96 pairs need
     assert dispatch.backward_launch(65536 * 32, head_dim, 1, H100, "cpu")[1] == 1
+
+
+def test_backward_launch_follows_the_kernel_of_partial_rotary():
+    """neox with rotary_dim < head_dim runs the generic backward, so it takes the generic grid even at a
+    tuned head_dim; gptj keeps the tuned kernel and its grid."""
+    partial_neox, _ = dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", "neox", 64)
+    partial_gptj, _ = dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", "gptj", 64)
+    full_neox, _ = dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", "neox", 128)
+    assert (partial_neox.pairs_per_warp, partial_neox.warps_per_block) == dispatch.BACKWARD_GENERIC_LAUNCH[:2]
+    assert partial_gptj == full_neox
+    assert (full_neox.pairs_per_warp, full_neox.warps_per_block) == dispatch.BACKWARD_LAUNCH[128][:2]
 
 
 def test_cpu_lowering_uses_the_cpu_target():

@@ -2,6 +2,8 @@
 // backward_<type>.cu so the instantiations compile in parallel.
 #pragma once
 
+#include <algorithm>
+
 #include "cuda/backward_kernels.cuh"
 #include "cuda/dispatch.cuh"
 
@@ -24,6 +26,23 @@ struct BackwardGeneric {
   static constexpr auto kernel = backward_generic_kernel<T, C, S>;
 };
 
+// The generic backward: N mapped onto lanes per head and rounds of G pairs as for the forward, neox
+// partners in one lane where the rotary half is whole 16-byte chunks.
+template <typename T>
+cudaError_t launch_backward_generic(const KernelArgs& args, const BackwardOutputs& out, const Launch& launch,
+                                    dim3 grid, dim3 block, cudaStream_t stream) {
+  const Problem& p = args.p;
+  const int lanes = generic_lanes_per_head<T>(p, launch.pairs_per_warp);
+  const int groups = kWarp / lanes;
+  const int rounds = std::min(std::max(1, launch.pairs_per_warp / groups), kGenericBackwardRounds<T>);
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const bool paired = p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
+  const auto kernel =
+      paired ? backward_generic_kernel<T, kVec, Style::kNeox, true> : pick_generic<BackwardGeneric, T>(p);
+  const size_t smem = generic_smem_bytes(p, lanes, launch.warps_per_block, p.style == Style::kNeox && !paired, true);
+  return launch_kernel(kernel, grid, block, smem, stream, launch.pdl, args, out, rounds, lanes);
+}
+
 // The grid is one block per partials row: the row count fixes the (deterministic) reduction order.
 template <typename T>
 cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs& out, const Launch& launch,
@@ -39,9 +58,7 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
     const size_t smem = c.smem_per_warp * launch.warps_per_block;
     err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
   } else {
-    err = launch_kernel(pick_generic<BackwardGeneric, T>(p), grid, block, generic_smem_bytes<T>(p, launch, true),
-                        stream, launch.pdl, args, out, static_cast<int>(launch.pairs_per_warp),
-                        generic_lanes_per_head<T>(p, launch.pairs_per_warp));
+    err = launch_backward_generic<T>(args, out, launch, grid, block, stream);
   }
   if (err != cudaSuccess || (out.dweight[0] == nullptr && out.dweight[1] == nullptr)) return err;
   const int64_t reduce_blocks = (out.num_examples * 2 * p.head_dim + kReduceColumns - 1) / kReduceColumns;

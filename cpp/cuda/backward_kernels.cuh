@@ -155,74 +155,114 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
   write_block_partials(red, D, o);
 }
 
-template <typename T, int C, Style S>
-__global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const KernelArgs a, const BackwardOutputs o,
-                                                                        int pairs_per_warp, int lanes_per_head) {
+// Pairs a lane group of the generic backward keeps in flight at once: 64 bytes of x and dy each per lane,
+// half the forward's kGenericRounds, as a lane also holds its weight-gradient sums (16 registers per
+// slot of 8 elements) and the kernel must fit 128 registers for four 4-warp blocks per SM.
+template <typename T>
+constexpr int kGenericBackwardRounds = 4 / static_cast<int>(sizeof(T));
+
+// Like backward_tuned with head_dim known at run time, and organised as forward_generic: a task is G * rounds
+// consecutive pairs whose loads all go out before any is waited for; the block stages both weights' scales
+// once; neox partners are held by one lane (Paired: PairedLayout) or exchanged through shared memory. The
+// loop over one pair at a time, which loaded the position and the weights after the data and kept one pair
+// in flight per warp, ran at 23-28% of copy bandwidth (results/run12_generic_prefetch/backward_before).
+template <typename T, int C, Style S, bool Paired = false>
+__global__ void __launch_bounds__(kMaxThreads)
+    backward_generic_kernel(const KernelArgs a, const BackwardOutputs o, int rounds, int lanes_per_head) {
   constexpr int K = kMaxHeadDim / (kWarp * C);
-  // While looping: neox staging rows [warps][G][D]; after: the [warps][2][D] reduction rows.
+  constexpr int R = kGenericBackwardRounds<T>;
+  constexpr int KA = Paired ? K / 2 : K;
+  static_assert(!Paired || (S == Style::kNeox && K % 2 == 0), "paired slots hold neox partners");
+  // While looping: the [2][D] weight scales, then the neox staging rows [warps][G][D]; after: the
+  // [warps][2][D] reduction rows.
   extern __shared__ float smem[];
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
-  const GenericLayout lay(lanes_per_head, p.head_dim, C);
+  using Layout = std::conditional_t<Paired, PairedLayout, GenericLayout>;
+  const Layout lay = [&] {
+    if constexpr (Paired) {
+      return PairedLayout(lanes_per_head, p.head_dim, C, p.rotary_dim);
+    } else {
+      return GenericLayout(lanes_per_head, p.head_dim, C);
+    }
+  }();
   const int dim = p.head_dim;
-  const int heads = p.total_heads();
   const ExampleSpan span(p, o);
-  const int64_t tasks = (span.end - span.begin + pairs_per_warp - 1) / pairs_per_warp;
-  float* row = head_row(smem, lay, dim);
+  const int per_task = lay.G * rounds;
+  const int64_t tasks = (span.end - span.begin + per_task - 1) / per_task;
+  const float* scale = smem;
+  float* row = Paired ? nullptr : head_row(smem + 2 * dim, lay, dim);
+  stage_scales_generic<C>(a, smem);  // once per block: no weight round trip per pair
 
   float acc_q[K][C] = {}, acc_k[K][C] = {};
-  float cs[K][C], sn[K][C];
-  int64_t angles_token = -1;
+  float cs[KA][C], sn[KA][C];
+  int64_t angles_at = 0;
+  bool have_angles = false;
   for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
-    const int64_t first = span.begin + task * pairs_per_warp;
-    const int64_t end = first + pairs_per_warp < span.end ? first + pairs_per_warp : span.end;
-    PairCursor cur(first + lay.grp, heads);
-    for (int64_t base = first; base < end; base += lay.G, cur.advance(lay.G, heads)) {  // warp-uniform
-      const bool valid = base + lay.grp < end;
-      int local = 0;
-      const int g = valid ? split_head(p, cur.head, &local) : 0;
-      const int64_t offset = valid ? head_offset(p, g, cur.token, local) : 0;
-      const T* xs = static_cast<const T*>(p.group[g].in) + offset;
-      const T* gs = static_cast<const T*>(p.group[g].grad) + offset;
+    const int64_t first = span.begin + task * per_task;
+    const int64_t end = first + per_task < span.end ? first + per_task : span.end;
+    PairSlots<R> at;
+    at.locate(p, first + lay.grp, lay.G, end);  // slots at or past `rounds` are past `end`: invalid
+    WidePosition position[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
+    Chunk<T, C> xr[R][K], dyr[R][K];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const T* xs = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+      const T* gs = static_cast<const T*>(p.group[at.group[i]].grad) + at.offset[i];
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (at.valid[i] && lay.has(k)) {
+          xr[i][k].load(xs + lay.chunk(k) * C);
+          dyr[i][k].load(gs + lay.chunk(k) * C);
+        } else {
+          xr[i][k].zero();
+          dyr[i][k].zero();
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      if (i == rounds) break;  // warp-uniform
+      const bool valid = at.valid[i];
+      const int g = at.group[i];
+      if (valid && (!have_angles || position[i].value(p) != angles_at)) {
+        angles_at = position[i].value(p);
+        have_angles = true;
+        if constexpr (Paired) {
+          load_paired_angles<KA, C, Inputs::kAny>(a, angles_at, lay, cs, sn);
+        } else {
+          load_generic_angles<K, C, S>(a, angles_at, lay, cs, sn);
+        }
+      }
       float x[K][C], gr[K][C];
       float sumsq = 0.0f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        Chunk<T, C> xc, gc;
-        if (valid && lay.has(k)) {
-          xc.load(xs + lay.chunk(k) * C);
-          gc.load(gs + lay.chunk(k) * C);
-        } else {
-          xc.zero();
-          gc.zero();
-        }
 #pragma unroll
         for (int j = 0; j < C; ++j) {
-          x[k][j] = xc.get(j);
-          gr[k][j] = gc.get(j);
+          x[k][j] = xr[i][k].get(j);
+          gr[k][j] = dyr[i][k].get(j);
           sumsq += x[k][j] * x[k][j];
         }
       }
-      if (valid && cur.token != angles_token) {
-        load_generic_angles<K, C, S>(a, load_position(p, cur.token), lay, cs, sn);
-        angles_token = cur.token;
+      if constexpr (Paired) {
+        rotate_paired<K, C>(lay, gr, cs, sn, -1.0f);
+      } else {
+        rotate_generic<K, C, S>(p, row, lay, gr, cs, sn, -1.0f);  // every lane: neox syncs the warp
       }
-      rotate_generic<K, C, S>(p, row, lay, gr, cs, sn, -1.0f);
       const float r = rsqrtf(group_sum_runtime(sumsq, lay.L) / static_cast<float>(dim) + p.eps);
+      const float* w = scale + (g & 1) * dim;
       float dot = 0.0f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        float w[C];
-        if (valid && lay.has(k)) {
-          load_scale<C>(p, g, lay.chunk(k) * C, a.weight_vec, w);
-        } else {
-#pragma unroll
-          for (int j = 0; j < C; ++j) w[j] = 0.0f;
-        }
+        float wk[C];
+        SmemRun<C>::load(w + (lay.has(k) ? lay.chunk(k) * C : 0), wk);  // a missing slot's x, dy are 0
 #pragma unroll
         for (int j = 0; j < C; ++j) {
           x[k][j] *= r;  // xhat
-          const float u = gr[k][j] * w[j];
+          const float u = gr[k][j] * wk[j];
           dot += u * x[k][j];
           if (valid && g == 0) {
             acc_q[k][j] += gr[k][j] * x[k][j];
@@ -234,7 +274,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const Ker
       }
       const float mean_dot = group_sum_runtime(dot, lay.L) / static_cast<float>(dim);
       if (!valid) continue;
-      T* dst = static_cast<T*>(p.group[g].out) + offset;
+      T* dst = static_cast<T*>(p.group[g].out) + at.offset[i];
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (!lay.has(k)) continue;
@@ -258,7 +298,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_generic_kernel(const Ker
       }
     }
   }
-  __syncthreads();  // staging rows are reused for the reduction
+  __syncthreads();  // the scales and staging rows are reused for the reduction
   if (lay.grp == 0) {
     float* mine = smem + (threadIdx.x / kWarp) * 2 * dim;
 #pragma unroll

@@ -133,16 +133,14 @@ int generic_lanes_per_head(const Problem& p, int pairs_per_warp) {
   return lanes < kWarp ? lanes : kWarp;
 }
 
-// Shared memory of the generic kernels: neox staging rows, one per head a warp runs at once; for the
-// forward the block's [2][D] weight scales ahead of them, for the backward the [warps][2][D]
-// weight-gradient rows in their place.
-template <typename T>
-size_t generic_smem_bytes(const Problem& p, const Launch& launch, bool backward) {
-  const int lanes = generic_lanes_per_head<T>(p, launch.pairs_per_warp);
-  const size_t rows_per_warp = p.style == Style::kNeox ? kWarp / lanes : 0;
-  const size_t per_warp = rows_per_warp > 2 || !backward ? rows_per_warp : 2;
-  const size_t scale_rows = backward ? 0 : 2;
-  return (launch.warps_per_block * per_warp + scale_rows) * p.head_dim * sizeof(float);
+// Shared memory of the generic kernels at `lanes` per head: the block's [2][D] weight scales, then, where
+// neox partners are exchanged through shared memory (neox_rows), a staging row per head a warp runs at
+// once; the backward reuses them for its [warps][2][D] weight-gradient rows afterwards.
+inline size_t generic_smem_bytes(const Problem& p, int lanes, int warps_per_block, bool neox_rows, bool backward) {
+  const size_t rows_per_warp = neox_rows ? kWarp / lanes : 0;
+  const size_t loop_rows = 2 + warps_per_block * rows_per_warp;
+  const size_t reduce_rows = backward ? 2 * static_cast<size_t>(warps_per_block) : 0;
+  return (loop_rows > reduce_rows ? loop_rows : reduce_rows) * p.head_dim * sizeof(float);
 }
 
 template <template <typename, int, Style> class Family, typename T>

@@ -51,16 +51,22 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   if (!grid_for(groups * rounds, &grid)) return cudaErrorInvalidConfiguration;
   // neox with the rotary half in whole 16-byte chunks keeps partners in one lane (PairedLayout).
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const bool paired = p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
-  // Paired and with the common table and weights: built without the run-time type switches as well (the
+  const bool whole_chunks = generic_chunk<T>(p) == kVec;
+  const bool paired = p.style == Style::kNeox && whole_chunks && (p.rotary_dim / 2) % kVec == 0;
+  // gptj reads a chunk's angles as one run when no chunk straddles the rotary end.
+  const bool gptj_runs = p.style == Style::kGptj && whole_chunks && p.rotary_dim % kVec == 0;
+  // Those two with the common table and weights: built without the run-time type switches as well (the
   // kAny build was 8328 SASS instructions with six inlined cos/sin paths; results/run11_generic/ncu_paired).
+  const bool common = common_table_and_weights<T>(args);
   auto kernel = pick_generic<ForwardGeneric, T>(p);
   if (paired) {
-    kernel = common_table_and_weights<T>(args) ? forward_generic_kernel<T, kVec, Style::kNeox, true, Inputs::kCommon>
-                                               : forward_generic_kernel<T, kVec, Style::kNeox, true, Inputs::kAny>;
+    kernel = common ? forward_generic_kernel<T, kVec, Style::kNeox, true, Inputs::kCommon>
+                    : forward_generic_kernel<T, kVec, Style::kNeox, true, Inputs::kAny>;
+  } else if (gptj_runs && common) {
+    kernel = forward_generic_kernel<T, kVec, Style::kGptj, false, Inputs::kCommon>;
   }
-  return launch_kernel(kernel, grid, block, generic_smem_bytes<T>(p, launch, false), stream, launch.pdl, args, rounds,
-                       lanes);
+  const size_t smem = generic_smem_bytes(p, lanes, launch.warps_per_block, p.style == Style::kNeox && !paired, false);
+  return launch_kernel(kernel, grid, block, smem, stream, launch.pdl, args, rounds, lanes);
 }
 
 }  // namespace qkrope::cuda

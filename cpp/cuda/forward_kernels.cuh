@@ -242,30 +242,38 @@ __device__ __forceinline__ float* head_row(float* smem, const GenericLayout& lay
   return smem + ((threadIdx.x / kWarp) * lay.G + lay.grp) * head_dim;
 }
 
+// The identity rotation (cos 1, sin 0) for a run of C elements that no angle reaches.
+template <int C>
+__device__ __forceinline__ void identity_angles(float (&c)[C], float (&s)[C]) {
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    c[j] = 1.0f;
+    s[j] = 0.0f;
+  }
+}
+
 // cos/sin for each element a lane holds (identity past rotary_dim). A chunk whose rotary pairs are
 // consecutive reads them as one run (16-byte words where the table allows: load_angles); only a neox chunk
 // that straddles the rotary half or its end goes element by element. Element-wise loads everywhere made
-// the angles the longest part of a generic warp's critical path.
-template <int K, int C, Style S>
+// the angles the longest part of a generic warp's critical path. In = kCommon: gptj only, with rotary_dim
+// a multiple of C, so that no chunk's run of C / 2 angles crosses the rotary half.
+template <int K, int C, Style S, Inputs In = Inputs::kAny>
 __device__ __forceinline__ void load_generic_angles(const KernelArgs& a, int64_t position, const GenericLayout& lay,
                                                     float (&c)[K][C], float (&s)[K][C]) {
+  static_assert(In == Inputs::kAny || S == Style::kGptj, "neox runs of angles may cross the rotary half");
   const Problem& p = a.p;
   const int half = p.rotary_dim / 2;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int e0 = lay.chunk(k) * C;
     if (!lay.has(k) || e0 >= p.rotary_dim) {
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        c[k][j] = 1.0f;
-        s[k][j] = 0.0f;
-      }
+      identity_angles<C>(c[k], s[k]);
       continue;
     }
     if constexpr (S == Style::kGptj) {
       // Pairs (2i, 2i + 1) of the chunk share angle i: C / 2 consecutive angles, identity past the half.
       float c2[C / 2], s2[C / 2];
-      load_angles<C / 2>(a, position, e0 / 2, c2, s2);
+      load_angles<C / 2, In>(a, position, e0 / 2, c2, s2);
 #pragma unroll
       for (int j = 0; j < C; ++j) {
         c[k][j] = c2[j / 2];
@@ -365,11 +373,7 @@ __device__ __forceinline__ void load_paired_angles(const KernelArgs& a, int64_t 
     if (lay.unit(m) < lay.H) {
       load_angles<C, In>(a, position, lay.unit(m) * C, c[m], s[m]);
     } else {
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        c[m][j] = 1.0f;
-        s[m][j] = 0.0f;
-      }
+      identity_angles<C>(c[m], s[m]);
     }
   }
 }
@@ -423,7 +427,9 @@ constexpr int kGenericMinBlocks = S == Style::kNeox && !Paired ? 1 : 2;
 // it waits for any; the first token's cos/sin go out before the block barrier of the staged weights.
 // The loop over pairs that loaded one pair ahead, with the weights read per pair after the norm, ran at
 // 14-43% of copy bandwidth (results/run11_generic). Paired (neox only): PairedLayout instead of
-// GenericLayout. In: Inputs::kCommon only with Paired (common_table_and_weights).
+// GenericLayout. In: Inputs::kCommon (common_table_and_weights) with Paired, or for gptj with rotary_dim a
+// multiple of C (load_generic_angles). Like the tuned kernels, a warp warms the cos/sin rows of the tokens
+// a wave ahead in L2 (RowPrefetch, a.prefetch_pairs).
 template <typename T, int C, Style S, bool Paired = false, Inputs In = Inputs::kAny>
 __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
     forward_generic_kernel(const KernelArgs a, int rounds, int lanes_per_head) {
@@ -431,7 +437,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
   constexpr int R = kGenericRounds<T>;
   constexpr int KA = Paired ? K / 2 : K;  // runs of C angles a lane holds
   static_assert(!Paired || (S == Style::kNeox && K % 2 == 0), "paired slots hold neox partners");
-  static_assert(Paired || In == Inputs::kAny, "other layouts' runs of angles may cross the rotary half");
+  static_assert(Paired || S == Style::kGptj || In == Inputs::kAny, "neox runs of angles may cross the half");
   extern __shared__ float smem[];  // [2][head_dim] weight scales, then the neox staging rows
   const Problem& p = a.p;
   using Layout = std::conditional_t<Paired, PairedLayout, GenericLayout>;
@@ -446,11 +452,11 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
     if constexpr (Paired) {
       load_paired_angles<KA, C, In>(a, position, lay, c, s);
     } else {
-      load_generic_angles<K, C, S>(a, position, lay, c, s);
+      load_generic_angles<K, C, S, In>(a, position, lay, c, s);
     }
   };
   float* scale = smem;
-  float* row = head_row(smem + 2 * p.head_dim, lay, p.head_dim);
+  float* row = Paired ? nullptr : head_row(smem + 2 * p.head_dim, lay, p.head_dim);  // paired: no rows allocated
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int64_t first = warp * lay.G * rounds;
   const int64_t end = first + lay.G * rounds < p.total_pairs() ? first + lay.G * rounds : p.total_pairs();
@@ -474,6 +480,8 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
       }
     }
   }
+  RowPrefetch<WidePosition> ahead;
+  if (a.prefetch_pairs > 0) ahead.begin(p, first + a.prefetch_pairs, lay.G * rounds);
   // The angles held are those of position `angles_at` (once `have_angles`). Compared by position rather
   // than token: fewer registers live across the loads.
   float cs[KA][C], sn[KA][C];
@@ -485,6 +493,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
     load_angles_at(angles_at, cs, sn);
   }
   stage_scales_generic<C, AssumedWeight<T, In>>(a, scale);
+  ahead.finish(p);  // here, not after the loop: its registers are free for the pairs
 
 #pragma unroll
   for (int i = 0; i < R; ++i) {
