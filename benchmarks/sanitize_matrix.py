@@ -33,7 +33,19 @@ def rel_outputs(out, expected) -> float:
     return max(rel(a.astype(jnp.float32), e.astype(jnp.float32)) for a, e in zip(out, expected, strict=True))
 
 
-def main() -> int:
+class Mismatch(Exception):
+    """A variant whose result is past the tolerance."""
+
+
+def checked(err: float, label: str) -> float:
+    """err, or Mismatch naming the variant where it is past the tolerance (NaN included)."""
+    if not err <= 1e-2:
+        raise Mismatch(f"MISMATCH {label}: {err}")
+    return err
+
+
+def run_matrix() -> float:
+    """Runs every variant and returns the worst relative error; Mismatch at the first one past it."""
     worst = 0.0
     for d in HEAD_DIMS:
         for t in TOKENS:
@@ -56,12 +68,8 @@ def main() -> int:
 
             for (n, s, r), (out, grads) in zip(variants, run(q, k, w, p), strict=True):
                 expected = ref.fused(q, k, p, w, w, style=s, rotary_dim=r)
-                err = rel_outputs(out, expected)
                 assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
-                worst = max(worst, err)
-                if not err <= 1e-2:
-                    print(f"MISMATCH d={d} t={t} N={n} {s} rotary={r}: {err}")
-                    return 1
+                worst = max(worst, checked(rel_outputs(out, expected), f"d={d} t={t} N={n} {s} rotary={r}"))
         # With a float32 cos/sin cache and weights of q's dtype: the kernels built for the common inputs
         # (tuned with full rotary, the generic forward's PairedLayout and gptj runs), which the cache-free runs
         # above miss.
@@ -80,12 +88,9 @@ def main() -> int:
 
                 with dispatch.override_choice(n):
                     out, grads = jax.jit(forward_backward)(q, k, w, p)
-                err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
                 assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
-                if not err <= 1e-2:  # NaN included
-                    print(f"MISMATCH cached d={d} N={n} {style} rotary={rotary}: {err}")
-                    return 1
-                worst = max(worst, err)
+                err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
+                worst = max(worst, checked(err, f"cached d={d} N={n} {style} rotary={rotary}"))
         # 16 pairs per warp (an auto-dispatch choice), every head_dim: the generic kernels map it to their
         # most pairs per lane; partial rotary runs them for neox at any head_dim.
         q = jax.random.normal(jax.random.PRNGKey(d), (33, 5, d), jnp.bfloat16)
@@ -95,11 +100,7 @@ def main() -> int:
             with dispatch.override_choice(16):
                 out = jax.jit(lambda q, k, p, s=style, r=rotary: qkr.fused(q, k, p, style=s, rotary_dim=r))(q, k, p)
             expected = ref.fused(q, k, p, style=style, rotary_dim=rotary)
-            err = rel_outputs(out, expected)
-            if not err <= 1e-2:  # NaN included
-                print(f"MISMATCH d={d} N=16 {style} rotary={rotary}: {err}")
-                return 1
-            worst = max(worst, err)
+            worst = max(worst, checked(rel_outputs(out, expected), f"d={d} N=16 {style} rotary={rotary}"))
         # The forward's cos/sin prefetch, a few pairs ahead (every warp warms rows), tuned and generic. It
         # warms a cache's rows only: cache-free calls skip it (as every matrix before session 14 did).
         q = jax.random.normal(jax.random.PRNGKey(d), (41, 5, d), jnp.bfloat16)
@@ -110,20 +111,23 @@ def main() -> int:
             with dispatch.override_prefetch(3), dispatch.override_choice(n):
                 out = jax.jit(lambda q, k, p, kw=kw: qkr.fused(q, k, p, **kw))(q, k, p)
             err = rel_outputs(out, ref.fused(q, k, p, **kw))
-            if not err <= 1e-2:
-                print(f"MISMATCH d={d} prefetch N={n} {style} rotary={rotary}: {err}")
-                return 1
-            worst = max(worst, err)
+            worst = max(worst, checked(err, f"d={d} prefetch N={n} {style} rotary={rotary}"))
         qkv = jax.random.normal(jax.random.PRNGKey(d), (17, (4 + 2 * 2) * d), jnp.bfloat16)
         p = jnp.arange(17, dtype=jnp.int32)
         expected = ref.fused_qkv(qkv, p, 4, 2)
         for donate in ((), (0,)):
             out = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 4, 2), donate_argnums=donate)(jnp.copy(qkv), p)
             err = rel(out.astype(jnp.float32), expected.astype(jnp.float32))
-            if not err <= 1e-2:
-                print(f"MISMATCH packed d={d} donate={donate}: {err}")
-                return 1
-            worst = max(worst, err)
+            worst = max(worst, checked(err, f"packed d={d} donate={donate}"))
+    return worst
+
+
+def main() -> int:
+    try:
+        worst = run_matrix()
+    except Mismatch as mismatch:
+        print(mismatch)
+        return 1
     print(f"sanitize matrix done on {jax.devices()[0].device_kind}: worst relative error {worst:.3g}")
     return 0
 

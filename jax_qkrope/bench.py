@@ -88,9 +88,7 @@ def forward_step(fn, style: str, **options):
 
 def time_forward(case: Case, inputs: dict, fn, **options) -> float:
     state = (inputs["q"], inputs["k"], inputs["positions"], inputs["weight"], inputs["cache"])
-    if case.rotary_dim is not None:
-        options = {**options, "rotary_dim": case.rotary_dim}
-    return per_call_us(forward_step(fn, case.style, **options), state)
+    return per_call_us(forward_step(fn, case.style, rotary_dim=case.rotary, **options), state)
 
 
 def time_backward_alone(case: Case, inputs: dict) -> float:
@@ -139,8 +137,7 @@ def forward_record(case: Case, copy_gbps: float) -> dict:
     xla = time_forward(case, inputs, ref.fused)
     bound = case.forward_bytes() / (copy_gbps * 1e3)
     return dict(heads=list(case.heads), rotary_dim=case.rotary, T=case.tokens, style=case.style, dtype=case.dtype,
-                ours_us=ours,
-                xla_us=xla, bound_us=bound, copy_gbps=copy_gbps, bytes=case.forward_bytes(),
+                ours_us=ours, xla_us=xla, bound_us=bound, copy_gbps=copy_gbps, bytes=case.forward_bytes(),
                 pairs_per_warp=chosen_pairs_per_warp(case), speedup_vs_xla=xla / max(ours, 1e-9),
                 ours_over_bound=ours / bound, bandwidth_fraction=bound / max(ours, 1e-9))
 

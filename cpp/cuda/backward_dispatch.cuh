@@ -36,7 +36,7 @@ cudaError_t launch_backward_generic(const KernelArgs& args, const BackwardOutput
   const int groups = kWarp / lanes;
   const int rounds = std::min(std::max(1, launch.pairs_per_warp / groups), kGenericBackwardRounds<T>);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const bool paired = p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
+  const bool paired = paired_layout<T>(p);
   const auto kernel =
       paired ? backward_generic_kernel<T, kVec, Style::kNeox, true> : pick_generic<BackwardGeneric, T>(p);
   const size_t smem = generic_smem_bytes(p, lanes, launch.warps_per_block, p.style == Style::kNeox && !paired, true);

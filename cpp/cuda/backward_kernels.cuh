@@ -156,8 +156,9 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 }
 
 // Pairs a lane group of the generic backward keeps in flight at once: 64 bytes of x and dy each per lane,
-// half the forward's kGenericRounds, as a lane also holds its weight-gradient sums (16 registers per
-// slot of 8 elements) and the kernel must fit 128 registers for four 4-warp blocks per SM.
+// half the forward's kGenericRounds, as a lane also holds its weight-gradient sums (16 registers per slot
+// of 8 elements). With them the kernel takes 177-211 registers (bf16), so two 4-warp blocks fit per SM:
+// the grid dispatch.BACKWARD_GENERIC_LAUNCH asks for.
 template <typename T>
 constexpr int kGenericBackwardRounds = 4 / static_cast<int>(sizeof(T));
 
@@ -178,14 +179,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   extern __shared__ float smem[];
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
-  using Layout = std::conditional_t<Paired, PairedLayout, GenericLayout>;
-  const Layout lay = [&] {
-    if constexpr (Paired) {
-      return PairedLayout(lanes_per_head, p.head_dim, C, p.rotary_dim);
-    } else {
-      return GenericLayout(lanes_per_head, p.head_dim, C);
-    }
-  }();
+  const auto lay = make_generic_layout<Paired>(p, lanes_per_head, C);
   const int dim = p.head_dim;
   const ExampleSpan span(p, o);
   const int per_task = lay.G * rounds;

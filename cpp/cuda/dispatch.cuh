@@ -133,6 +133,14 @@ int generic_lanes_per_head(const Problem& p, int pairs_per_warp) {
   return lanes < kWarp ? lanes : kWarp;
 }
 
+// Whether the generic kernels hold neox partners in one lane (PairedLayout): the rotary half must be whole
+// 16-byte chunks.
+template <typename T>
+bool paired_layout(const Problem& p) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  return p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
+}
+
 // Shared memory of the generic kernels at `lanes` per head: the block's [2][D] weight scales, then, where
 // neox partners are exchanged through shared memory (neox_rows), a staging row per head a warp runs at
 // once; the backward reuses them for its [warps][2][D] weight-gradient rows afterwards.

@@ -49,12 +49,10 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   const int groups = kWarp / lanes;
   const int rounds = std::min(std::max(1, launch.pairs_per_warp / groups), kGenericRounds<T>);
   if (!grid_for(groups * rounds, &grid)) return cudaErrorInvalidConfiguration;
-  // neox with the rotary half in whole 16-byte chunks keeps partners in one lane (PairedLayout).
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const bool whole_chunks = generic_chunk<T>(p) == kVec;
-  const bool paired = p.style == Style::kNeox && whole_chunks && (p.rotary_dim / 2) % kVec == 0;
+  const bool paired = paired_layout<T>(p);
   // gptj reads a chunk's angles as one run when no chunk straddles the rotary end.
-  const bool gptj_runs = p.style == Style::kGptj && whole_chunks && p.rotary_dim % kVec == 0;
+  const bool gptj_runs = p.style == Style::kGptj && generic_chunk<T>(p) == kVec && p.rotary_dim % kVec == 0;
   // Those two with the common table and weights: built without the run-time type switches as well (the
   // kAny build was 8328 SASS instructions with six inlined cos/sin paths; results/run11_generic/ncu_paired).
   const bool common = common_table_and_weights<T>(args);

@@ -231,6 +231,19 @@ struct PairedLayout : GenericLayout {
   __device__ __forceinline__ bool has(int k) const { return chunk(k) < chunks; }
 };
 
+// The layout of a generic kernel's lanes: PairedLayout where it keeps neox partners in one lane.
+template <bool Paired>
+using GenericLayoutFor = std::conditional_t<Paired, PairedLayout, GenericLayout>;
+
+template <bool Paired>
+__device__ __forceinline__ GenericLayoutFor<Paired> make_generic_layout(const Problem& p, int lanes_per_head, int c) {
+  if constexpr (Paired) {
+    return PairedLayout(lanes_per_head, p.head_dim, c, p.rotary_dim);
+  } else {
+    return GenericLayout(lanes_per_head, p.head_dim, c);
+  }
+}
+
 // Sum over an aligned group of L lanes (L a run-time power of two). Every lane of the warp calls it.
 __device__ __forceinline__ float group_sum_runtime(float v, int lanes) {
   for (int offset = lanes / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -440,14 +453,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
   static_assert(Paired || S == Style::kGptj || In == Inputs::kAny, "neox runs of angles may cross the half");
   extern __shared__ float smem[];  // [2][head_dim] weight scales, then the neox staging rows
   const Problem& p = a.p;
-  using Layout = std::conditional_t<Paired, PairedLayout, GenericLayout>;
-  const Layout lay = [&] {
-    if constexpr (Paired) {
-      return PairedLayout(lanes_per_head, p.head_dim, C, p.rotary_dim);
-    } else {
-      return GenericLayout(lanes_per_head, p.head_dim, C);
-    }
-  }();
+  const auto lay = make_generic_layout<Paired>(p, lanes_per_head, C);
   const auto load_angles_at = [&](int64_t position, float (&c)[KA][C], float (&s)[KA][C]) {
     if constexpr (Paired) {
       load_paired_angles<KA, C, In>(a, position, lay, c, s);
