@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
-#   build ensure_built tests tests_kernels sanitize calibrate calibrate_classes bench bench_backward examples
-#   bench_generic bench_generic_backward ncu_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_backward examples
+#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,11 @@ tests() {
 tests_kernels() {  # the GPU kernel tests and the forward matrix only
   python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 tests/test_gpu_kernels.py tests/test_forward.py tests/test_backward.py \
     2>&1 | tee "$OUT/pytest_gpu_kernels.log" | tail -40
+}
+tests_select() {  # TEST_FILES (default: the kernel and backward tests), TEST_K: a pytest -k expression
+  # shellcheck disable=SC2086
+  python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 ${TEST_FILES:-tests/test_gpu_kernels.py tests/test_backward.py} \
+    -k "${TEST_K:-}" 2>&1 | tee "$OUT/pytest_selected.log" | tail -40
 }
 
 # SANITIZE_TOOLS: the compute-sanitizer tools (default all three). XLA runs without command buffers (CUDA
@@ -202,6 +207,19 @@ probe_variants() {
       "/tmp/probe_$v/probe" "$m" 2>&1 | tee "$OUT/probe_${m}_$v.log"
     done
   done
+}
+# A/B against kernels not in the tree: BASELINE names a folder under benchmarks/.baseline/ (not committed,
+# sent with the device tool's carry) laid over cpp/; the stages in $BASELINE_STAGES run on that build with
+# their output under $OUT/baseline_$BASELINE/, then the tree's cpp/ comes back and is rebuilt.
+with_baseline() {
+  local stage saved=/tmp/cpp_tree status=0
+  rm -rf "$saved" && cp -r cpp "$saved" && cp -r "benchmarks/.baseline/$BASELINE/." cpp/
+  (
+    OUT="$OUT/baseline_$BASELINE" && mkdir -p "$OUT" && build
+    for stage in ${BASELINE_STAGES:-variants}; do "$stage"; done
+  ) || status=$?
+  rm -rf cpp && cp -r "$saved" cpp && build > /dev/null
+  return $status
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 

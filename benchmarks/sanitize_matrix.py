@@ -112,6 +112,24 @@ def run_matrix() -> float:
                 out = jax.jit(lambda q, k, p, kw=kw: qkr.fused(q, k, p, **kw))(q, k, p)
             err = rel_outputs(out, ref.fused(q, k, p, **kw))
             worst = max(worst, checked(err, f"d={d} prefetch N={n} {style} rotary={rotary}"))
+        # The backward on one 1-warp block per SM, so each warp runs several tasks: the generic kernel
+        # copies a task's data into shared memory while it computes the one before.
+        q = jax.random.normal(jax.random.PRNGKey(d + 9), (601, 5, d), jnp.bfloat16)
+        k = jax.random.normal(jax.random.PRNGKey(d + 10), (601, 2, d), jnp.bfloat16)
+        p = jax.random.randint(jax.random.PRNGKey(d + 11), (601,), 0, 100)
+        w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 12), (d,))).astype(jnp.bfloat16)
+        for n in (4, 16):
+            for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
+                kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=qkr.rope_cos_sin_cache(100, rotary))
+
+                def grads_of(fn, q, k, w, p=p, kw=kw):  # cotangents: q and k themselves
+                    return jax.vjp(lambda q, k, w: fn(q, k, p, w, w, **kw), q, k, w)[1]((q, k))
+
+                with dispatch.override_backward(n, 1, 1):
+                    grads = jax.jit(lambda q, k, w, f=grads_of: f(qkr.fused, q, k, w))(q, k, w)
+                expected = grads_of(ref.fused, *(x.astype(jnp.float32) for x in (q, k, w)))
+                err = max(rel(a.astype(jnp.float32), e) for a, e in zip(grads, expected, strict=True))
+                worst = max(worst, checked(err, f"backward striding d={d} N={n} {style} rotary={rotary}"))
         qkv = jax.random.normal(jax.random.PRNGKey(d), (17, (4 + 2 * 2) * d), jnp.bfloat16)
         p = jnp.arange(17, dtype=jnp.int32)
         expected = ref.fused_qkv(qkv, p, 4, 2)

@@ -34,6 +34,10 @@ def main() -> None:
     cfg = QWEN3_8B if on_gpu and not args.quick else SMALL
     batch, seq = args.batch or (4 if cfg is QWEN3_8B else 2), args.seq or (2048 if cfg is QWEN3_8B else 64)
     dtype = jnp.dtype(cfg.dtype)
+    if dtype == jnp.float32:
+        # Full-precision matmuls around the op: GPUs may otherwise run float32 dots in TF32, whose rounding
+        # (about 1e-3) would swamp the float32 comparison below (it failed once on an H100 at 5.1e-4).
+        jax.config.update("jax_default_matmul_precision", "highest")
     print(f"{jax.devices()[0].device_kind}: block hidden={cfg.hidden}, heads ({cfg.num_q_heads}, {cfg.num_kv_heads}, "
           f"{cfg.head_dim}), batch {batch} x seq {seq}, {dtype.name}")
 

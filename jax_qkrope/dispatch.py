@@ -28,11 +28,14 @@ FORWARD_WARPS_PER_BLOCK = 4
 # H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
 # need 8 pairs per warp for enough bytes in flight (96% of copy bandwidth against 64-70% at 4); at 4 pairs a
 # 256-dim lane needs 163 registers, 3 of the 4 blocks fit on an SM and the rest ran as a second wave
-# (80-87% against 95-97% at 2). The generic kernels (other head_dims, partial-rotary neox): 8 pairs per
-# warp (G lane groups x up to 2 rounds in flight), two 4-warp blocks per SM, as their 177-211 registers
-# per lane (bf16) allow (results/run12_generic_prefetch).
+# (80-87% against 95-97% at 2).
 BACKWARD_LAUNCH = {64: (8, 8, 2), 128: (4, 4, 4), 256: (2, 8, 2)}
-BACKWARD_GENERIC_LAUNCH = (8, 4, 2)
+# The generic backward (other head_dims, partial-rotary neox): 8 pairs per warp (G lane groups x up to 2
+# rounds), four 4-warp blocks per SM where its kernel is built for 128 registers (16-byte chunks, and no
+# neox exchange through shared memory: generic_backward_is_wide), two elsewhere, where it takes more
+# (kGenericBackwardMinBlocks in cpp/cuda/backward_kernels.cuh; results/run13_backward_async).
+BACKWARD_GENERIC_LAUNCH = (8, 4, 4)
+BACKWARD_GENERIC_NARROW_LAUNCH = (8, 4, 2)
 # The tuned forward kernels warm L2 with the cos/sin rows of the pairs this many head bytes per SM ahead
 # of each warp (about one wave of resident warps): far enough ahead for the rows to arrive before the
 # warps that need them, near enough to stay in L2. From the H100 sweep in benchmarks/stream_probe.cu.
@@ -207,17 +210,29 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
                   prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts))
 
 
+def generic_backward_is_wide(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:
+    """True where the generic backward moves 16-byte chunks and holds neox partners in one lane (the
+    launcher's generic_chunk and paired_layout, for 16-byte aligned buffers, as XLA allocates them)."""
+    vec = 16 // itemsize
+    rotary = head_dim if rotary_dim is None else rotary_dim
+    return head_dim % vec == 0 and (style == "gptj" or (rotary // 2) % vec == 0)
+
+
 def backward_launch(
     num_pairs: int, head_dim: int, num_examples: int, facts: DeviceFacts, platform: str, style: str = "neox",
-    rotary_dim: int | None = None,
+    rotary_dim: int | None = None, itemsize: int = 2,
 ) -> tuple[Launch, int]:
     """(launch, blocks_per_example) of the backward kernel: a persistent grid of a few blocks per SM,
     split evenly among the examples. The block count fixes the weight-gradient reduction order. The grid
     is that of the kernel the problem runs (head_dim_class): partial-rotary neox runs the generic one."""
     if platform != "cuda":
         return Launch(1, 1), 1
-    cls = head_dim_class(head_dim, style, rotary_dim)
-    n, warps, blocks_per_sm = BACKWARD_GENERIC_LAUNCH if cls == "generic" else BACKWARD_LAUNCH[head_dim]
+    if head_dim_class(head_dim, style, rotary_dim) != "generic":
+        n, warps, blocks_per_sm = BACKWARD_LAUNCH[head_dim]
+    elif generic_backward_is_wide(head_dim, style, rotary_dim, itemsize):
+        n, warps, blocks_per_sm = BACKWARD_GENERIC_LAUNCH
+    else:
+        n, warps, blocks_per_sm = BACKWARD_GENERIC_NARROW_LAUNCH
     if _backward_override:
         n, warps, blocks_per_sm = _backward_override[-1]
     launch = Launch(n, warps)

@@ -215,7 +215,7 @@ def _bwd_lowering(ctx, *args, config: OpConfig, num_examples: int, platform: str
     _, _, head_dim = config.head_layout([a.shape for a in ctx.avals_in[:n]])
     facts = dispatch.device_facts(platform)
     launch, blocks = dispatch.backward_launch(_pairs(config, ctx.avals_in), head_dim, num_examples, facts, platform,
-                                              config.style, config.rotary_dim)
+                                              config.style, config.rotary_dim, ctx.avals_in[0].dtype.itemsize)
     # The kernel also returns its float32 partials: scratch the primitive drops.
     partials = ShapedArray((num_examples, blocks, 2, head_dim), jnp.float32)
     ctx = ctx.replace(avals_out=[*ctx.avals_out, partials])

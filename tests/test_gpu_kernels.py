@@ -203,12 +203,19 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
         assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "16 pairs packed")
 
 
-@pytest.mark.parametrize("head_dim", (64, 128, 256))
+# (head_dim, rotary_dim): the tuned kernels, then the generic ones: neox partners in one lane (80, and 128
+# with rotary 64, whose gptj runs the tuned kernel), through shared memory (72: half of 72 is not whole
+# 16-byte chunks) and 2-element chunks (90).
+STRIDING_HEADS = ((64, None), (128, None), (256, None), (80, None), (72, None), (90, None), (128, 64))
+
+
+@pytest.mark.parametrize(("head_dim", "rotary"), STRIDING_HEADS, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_backward_warps_striding_over_many_batches(dtype, head_dim):
+def test_backward_warps_striding_over_many_batches(dtype, head_dim, rotary):
     """The backward's persistent grid shrunk to 1-warp blocks, one per SM, so every warp loops over many
-    batches: every N, both styles, GQA, many repeated positions, batches crossing token boundaries;
-    forward, packed V copies, grads and weight grads."""
+    batches (the generic kernel fetches each next batch while it computes the current one): every N (16
+    reaches the generic kernel's most rounds per batch), both styles, GQA, many repeated positions,
+    batches crossing token boundaries; forward, packed V copies, grads and weight grads."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 8)
     tokens = 1001
     q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
@@ -220,15 +227,15 @@ def test_backward_warps_striding_over_many_batches(dtype, head_dim):
     up = lambda x: x.astype(jnp.float32)  # noqa: E731
     for n in dispatch.AUTO_CHOICES:
         for style in ("neox", "gptj"):
+            kw = dict(style=style, rotary_dim=rotary)
 
-            def run(q, k, wq, wk, cot, qkv, style=style):  # a fresh jit per variant: lowered under the overrides
-                out, vjp = jax.vjp(lambda q, k, wq, wk: qkr.fused(q, k, positions, wq, wk, style=style), q, k, wq, wk)
-                return out, vjp(cot), qkr.fused_qkv(qkv, positions, 7, 3, wq, wk, style=style)
+            def run(q, k, wq, wk, cot, qkv, kw=kw):  # a fresh jit per variant: lowered under the overrides
+                out, vjp = jax.vjp(lambda q, k, wq, wk: qkr.fused(q, k, positions, wq, wk, **kw), q, k, wq, wk)
+                return out, vjp(cot), qkr.fused_qkv(qkv, positions, 7, 3, wq, wk, **kw)
 
-            backward = dispatch.override_backward(min(n, 8), 1, 1)
-            with dispatch.override_choice(n), backward:
+            with dispatch.override_choice(n), dispatch.override_backward(n, 1, 1):
                 out, grads, packed = jax.jit(run)(q, k, wq, wk, cot, qkv)
-            ref_out, ref_vjp = jax.vjp(lambda q, k, wq, wk, s=style: ref.fused(q, k, positions, wq, wk, style=s),
+            ref_out, ref_vjp = jax.vjp(lambda q, k, wq, wk, kw=kw: ref.fused(q, k, positions, wq, wk, **kw),
                                        up(q), up(k), up(wq), up(wk))
             for a, e in zip(out, ref_out, strict=True):
                 assert_close(a, e.astype(dtype), dtype, f"strided forward N={n} {style}")
@@ -236,7 +243,7 @@ def test_backward_warps_striding_over_many_batches(dtype, head_dim):
                 scale = 2e-2 / 1e-5 if dtype != jnp.float32 else 10.0
                 assert_close(a, e, jnp.float32, f"strided {name} N={n} {style}", scale=scale)
             assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
-            expected = ref.fused_qkv(up(qkv), positions, 7, 3, up(wq), up(wk), style=style)
+            expected = ref.fused_qkv(up(qkv), positions, 7, 3, up(wq), up(wk), **kw)
             assert_close(packed, expected.astype(dtype), dtype, f"strided packed N={n} {style}")
 
 

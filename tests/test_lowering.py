@@ -99,7 +99,7 @@ def test_cuda_backward_lowering_has_persistent_partials():
     assert re.search(rf"stablehlo.custom_call @qkrope_bwd\(.*tensor<1x{blocks}x2x128xf32>", text)
 
 
-@pytest.mark.parametrize(("head_dim", "grid"), [(64, (8, 8, 2)), (128, (4, 4, 4)), (256, (2, 8, 2)), (80, (8, 4, 2))])
+@pytest.mark.parametrize(("head_dim", "grid"), [(64, (8, 8, 2)), (128, (4, 4, 4)), (256, (2, 8, 2)), (80, (8, 4, 4))])
 def test_backward_launch_shape_per_head_dim(head_dim, grid):
     """The persistent backward grid the H100 sweep chose per head_dim (results/run9_backward), split evenly
     over the examples, never more blocks than the pairs need, and one block on the CPU."""
@@ -120,6 +120,28 @@ def test_backward_launch_follows_the_kernel_of_partial_rotary():
     assert (partial_neox.pairs_per_warp, partial_neox.warps_per_block) == dispatch.BACKWARD_GENERIC_LAUNCH[:2]
     assert partial_gptj == full_neox
     assert (full_neox.pairs_per_warp, full_neox.warps_per_block) == dispatch.BACKWARD_LAUNCH[128][:2]
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "style", "rotary", "itemsize", "wide"),
+    [
+        (80, "neox", None, 2, True),  # partners in one lane
+        (128, "neox", 64, 2, True),
+        (72, "gptj", None, 2, True),
+        (72, "neox", None, 2, False),  # half of 72 is not whole 8-element chunks: exchanged in shared memory
+        (128, "neox", 72, 2, False),
+        (90, "gptj", None, 2, False),  # 2-element chunks
+        (72, "neox", None, 4, True),  # float32: 4-element chunks
+        (90, "gptj", None, 4, False),
+    ],
+)
+def test_generic_backward_grid_follows_its_registers(head_dim, style, rotary, itemsize, wide):
+    """Four 4-warp blocks per SM only for the generic backward built for 128 registers (16-byte chunks,
+    neox partners in one lane); the others take more and get two, so the persistent grid is one wave."""
+    assert dispatch.generic_backward_is_wide(head_dim, style, rotary, itemsize) == wide
+    launch, blocks = dispatch.backward_launch(65536 * 40, head_dim, 1, H100, "cuda", style, rotary, itemsize)
+    expected = dispatch.BACKWARD_GENERIC_LAUNCH if wide else dispatch.BACKWARD_GENERIC_NARROW_LAUNCH
+    assert (launch.pairs_per_warp, launch.warps_per_block, blocks) == (*expected[:2], expected[2] * 132)
 
 
 def test_cpu_lowering_uses_the_cpu_target():

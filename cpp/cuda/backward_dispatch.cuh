@@ -39,7 +39,14 @@ cudaError_t launch_backward_generic(const KernelArgs& args, const BackwardOutput
   const bool paired = paired_layout<T>(p);
   const auto kernel =
       paired ? backward_generic_kernel<T, kVec, Style::kNeox, true> : pick_generic<BackwardGeneric, T>(p);
-  const size_t smem = generic_smem_bytes(p, lanes, launch.warps_per_block, p.style == Style::kNeox && !paired, true);
+  const bool neox_rows = p.style == Style::kNeox && !paired;
+  const BackwardSmem plan{static_cast<int>(p.head_dim), launch.warps_per_block, neox_rows ? groups : 0, rounds};
+  const size_t smem = plan.total_bytes(sizeof(T));
+  if (smem > kDefaultSmemBytes) {  // opt in past the default; fails cleanly where the device has less
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
   return launch_kernel(kernel, grid, block, smem, stream, launch.pdl, args, out, rounds, lanes);
 }
 

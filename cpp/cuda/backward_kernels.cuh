@@ -6,6 +6,7 @@
 // so the same inputs give bit-identical gradients.
 #pragma once
 
+#include "cuda/async_copy.cuh"
 #include "cuda/device_common.cuh"
 #include "cuda/forward_kernels.cuh"
 #include "cuda/tuned_layout.cuh"
@@ -155,89 +156,210 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
   write_block_partials(red, D, o);
 }
 
-// Pairs a lane group of the generic backward keeps in flight at once: 64 bytes of x and dy each per lane,
-// half the forward's kGenericRounds, as a lane also holds its weight-gradient sums (16 registers per slot
-// of 8 elements). With them the kernel takes 177-211 registers (bf16), so two 4-warp blocks fit per SM:
-// the grid dispatch.BACKWARD_GENERIC_LAUNCH asks for.
+// Pairs per lane group in one task of the generic backward, at most (the launcher's `rounds`). They wait
+// in shared memory (BackwardStages), not registers. Two rounds (bf16) keep a 4-warp block under a quarter
+// of an SM's shared memory, so four blocks fit: (32, 8, 80) at T = 16384 took 191 us so, against 255 us
+// with four rounds and the two blocks that then fit (results/run13_backward_async).
 template <typename T>
 constexpr int kGenericBackwardRounds = 4 / static_cast<int>(sizeof(T));
 
-// Like backward_tuned with head_dim known at run time, and organised as forward_generic: a task is G * rounds
-// consecutive pairs whose loads all go out before any is waited for; the block stages both weights' scales
-// once; neox partners are held by one lane (Paired: PairedLayout) or exchanged through shared memory. The
-// loop over one pair at a time, which loaded the position and the weights after the data and kept one pair
-// in flight per warp, ran at 23-28% of copy bandwidth (results/run12_generic_prefetch/backward_before).
+// The shared memory of the generic backward's block, in bytes from its start. While looping: the [2][D]
+// weight scales; the neox staging rows [warps][G][D] (neox_rows: partners exchanged through shared
+// memory); from a 16-byte boundary, each lane's weight-gradient sums; then each warp's two stages (see
+// BackwardStages), where the [warps][2][D] weight-gradient rows go after the loop.
+struct BackwardSmem {
+  int head_dim, warps, rows_per_warp, rounds;
+
+  // Per round a stage holds each lane's x and dy (K chunk words each: kMaxHeadDim elements per warp,
+  // whatever the chunk) and its 8-byte position.
+  __host__ __device__ static constexpr size_t stage_bytes(int rounds, int elem_bytes) {
+    return static_cast<size_t>(rounds) * (2 * kMaxHeadDim * elem_bytes + kWarp * sizeof(int64_t));
+  }
+  // A lane's sums for q and k: kMaxHeadDim / kWarp floats each.
+  static constexpr size_t kSumsBytesPerWarp = 2 * kMaxHeadDim * sizeof(float);
+
+  __host__ __device__ size_t sums_offset() const {
+    const size_t loop = (2 + static_cast<size_t>(warps) * rows_per_warp) * head_dim * sizeof(float);
+    return (loop + 15) / 16 * 16;
+  }
+  __host__ __device__ size_t stages_offset() const { return sums_offset() + warps * kSumsBytesPerWarp; }
+  // The stages hold at least 2 * kMaxHeadDim floats per warp: room for its [2][D] row after the loop.
+  __host__ __device__ size_t total_bytes(int elem_bytes) const {
+    return stages_offset() + static_cast<size_t>(warps) * 2 * stage_bytes(rounds, elem_bytes);
+  }
+};
+
+// One warp's two stages of the generic backward: stage s of round i holds chunk slot k of each lane's x and
+// dy, and the lane's position. A lane only ever reads the slots it copied itself, so waiting for its own
+// copies is all the synchronisation needed.
+template <typename T, int C>
+class BackwardStages {
+ public:
+  using Word = typename Chunk<T, C>::Word;
+  static constexpr int K = kMaxHeadDim / (kWarp * C);
+
+  __device__ __forceinline__ BackwardStages(unsigned char* warp_base, int rounds)
+      : base_(warp_base), rounds_(rounds), lane_(static_cast<int>(threadIdx.x % kWarp)) {}
+
+  __device__ __forceinline__ Word* x(int stage, int i, int k) const { return words(stage) + slot(i, k); }
+  __device__ __forceinline__ Word* dy(int stage, int i, int k) const {
+    return words(stage) + rounds_ * K * kWarp + slot(i, k);
+  }
+  __device__ __forceinline__ int64_t* position(int stage, int i) const {
+    return reinterpret_cast<int64_t*>(words(stage) + 2 * rounds_ * K * kWarp) + i * kWarp + lane_;
+  }
+
+ private:
+  __device__ __forceinline__ Word* words(int stage) const {
+    return reinterpret_cast<Word*>(base_ + stage * BackwardSmem::stage_bytes(rounds_, sizeof(T)));
+  }
+  __device__ __forceinline__ int slot(int i, int k) const { return (i * K + k) * kWarp + lane_; }
+  unsigned char* base_;
+  int rounds_, lane_;
+};
+
+// A lane's weight-gradient sums, [g][k][C] floats, in shared memory only it touches (lane-minor, so a
+// warp's accesses hit distinct banks). In registers they took 2 * K * C = 32 of them.
+template <int K, int C>
+class LaneSums {
+ public:
+  __device__ __forceinline__ explicit LaneSums(float* warp_base)
+      : base_(warp_base + threadIdx.x % kWarp) {
+#pragma unroll
+    for (int e = 0; e < 2 * K * C; ++e) base_[e * kWarp] = 0.0f;
+  }
+  // sums[g][k][j] += v[j] for the C elements of slot k.
+  __device__ __forceinline__ void add(int g, int k, const float (&v)[C]) const {
+#pragma unroll
+    for (int j = 0; j < C; ++j) base_[((g * K + k) * C + j) * kWarp] += v[j];
+  }
+  __device__ __forceinline__ float get(int g, int k, int j) const { return base_[((g * K + k) * C + j) * kWarp]; }
+
+ private:
+  float* base_;
+};
+
+// Blocks of kMaxThreads the generic backward is built to fit per SM: two (128 registers, the 16 4-warp
+// blocks dispatch.BACKWARD_GENERIC_LAUNCH asks for) for 16-byte chunks without a shared-memory neox
+// exchange; one for the others, which take 140-172 registers (ptxas) and would spill at 128:
+// dispatch.BACKWARD_GENERIC_NARROW_LAUNCH gives them two 4-warp blocks.
+template <typename T, int C, Style S, bool Paired>
+constexpr int kGenericBackwardMinBlocks = C * sizeof(T) == 16 && (Paired || S == Style::kGptj) ? 2 : 1;
+
+// Like backward_tuned with head_dim known at run time. A warp's tasks are G * rounds consecutive pairs; it
+// copies the next task's x, dy and positions into shared memory (cp.async) before it computes the current
+// one, so its loads stay in flight through its arithmetic and no register holds them; its weight-gradient
+// sums live in shared memory too (LaneSums). The block stages both weights' scales once; neox partners
+// are held by one lane (Paired: PairedLayout) or exchanged through shared memory. Before: every load went
+// out at the start of a task into registers (177-211 of them, two 4-warp blocks per SM), then the warp
+// waited, at 25-54% of copy bandwidth (results/run12_generic_prefetch/backward).
 template <typename T, int C, Style S, bool Paired = false>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, (kGenericBackwardMinBlocks<T, C, S, Paired>))
     backward_generic_kernel(const KernelArgs a, const BackwardOutputs o, int rounds, int lanes_per_head) {
-  constexpr int K = kMaxHeadDim / (kWarp * C);
+  using Stages = BackwardStages<T, C>;
+  constexpr int K = Stages::K;
   constexpr int R = kGenericBackwardRounds<T>;
   constexpr int KA = Paired ? K / 2 : K;
+  constexpr int kWordBytes = static_cast<int>(sizeof(typename Stages::Word));
   static_assert(!Paired || (S == Style::kNeox && K % 2 == 0), "paired slots hold neox partners");
-  // While looping: the [2][D] weight scales, then the neox staging rows [warps][G][D]; after: the
-  // [warps][2][D] reduction rows.
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) unsigned char smem_bytes[];  // BackwardSmem
+  float* smem = reinterpret_cast<float*>(smem_bytes);
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
   const auto lay = make_generic_layout<Paired>(p, lanes_per_head, C);
-  const int dim = p.head_dim;
+  const int dim = p.head_dim, heads = p.total_heads();
+  const int warp_in_block = static_cast<int>(threadIdx.x / kWarp);
+  const BackwardSmem plan{dim, static_cast<int>(blockDim.x / kWarp), Paired || S == Style::kGptj ? 0 : lay.G,
+                          rounds};
+  const Stages stages(smem_bytes + plan.stages_offset() +
+                          warp_in_block * 2 * BackwardSmem::stage_bytes(rounds, sizeof(T)),
+                      rounds);
   const ExampleSpan span(p, o);
   const int per_task = lay.G * rounds;
   const int64_t tasks = (span.end - span.begin + per_task - 1) / per_task;
+  // Calls visit(i, valid, cursor) for round i < rounds of a task: this lane group's pair first + G * i,
+  // valid below the task's end, walked without a 64-bit division per pair.
+  const auto each_round = [&](int64_t task, auto&& visit) {
+    const int64_t begin = span.begin + task * per_task;
+    const int64_t last = begin + per_task < span.end ? begin + per_task : span.end;
+    int64_t pair = begin + lay.grp;
+    PairCursor cur(pair, heads);
+#pragma unroll
+    for (int i = 0; i < R; ++i, pair += lay.G, cur.advance(lay.G, heads)) {
+      if (i == rounds) break;  // warp-uniform
+      visit(i, pair < last, cur);
+    }
+  };
+  // Copies a task's positions, x and dy into `stage`; a chunk slot the lane does not hold, or a pair past
+  // the end, copies nothing and is read as zero.
+  const auto fetch = [&](int64_t task, int stage) {
+    each_round(task, [&](int i, bool valid, const PairCursor& cur) {
+      if (!valid) return;
+      if (p.positions_64) {
+        copy_async<8>(stages.position(stage, i), static_cast<const int64_t*>(p.positions) + cur.token);
+      } else {
+        copy_async<4>(stages.position(stage, i), static_cast<const int32_t*>(p.positions) + cur.token);
+      }
+      int local = 0;
+      const int g = split_head(p, cur.head, &local);
+      const int64_t offset = head_offset(p, g, cur.token, local);
+      const T* xs = static_cast<const T*>(p.group[g].in) + offset;
+      const T* gs = static_cast<const T*>(p.group[g].grad) + offset;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (!lay.has(k)) continue;
+        copy_async<kWordBytes>(stages.x(stage, i, k), xs + lay.chunk(k) * C);
+        copy_async<kWordBytes>(stages.dy(stage, i, k), gs + lay.chunk(k) * C);
+      }
+    });
+    copy_async_commit();
+  };
+
+  int stage = 0;
+  if (span.warp < tasks) fetch(span.warp, stage);  // in flight across the block's weight staging
   const float* scale = smem;
   float* row = Paired ? nullptr : head_row(smem + 2 * dim, lay, dim);
+  const LaneSums<K, C> sums(reinterpret_cast<float*>(smem_bytes + plan.sums_offset()) +
+                            warp_in_block * BackwardSmem::kSumsBytesPerWarp / sizeof(float));
+  const bool want_dw = wants_dweight(p);
   stage_scales_generic<C>(a, smem);  // once per block: no weight round trip per pair
 
-  float acc_q[K][C] = {}, acc_k[K][C] = {};
   float cs[KA][C], sn[KA][C];
   int64_t angles_at = 0;
   bool have_angles = false;
   for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
-    const int64_t first = span.begin + task * per_task;
-    const int64_t end = first + per_task < span.end ? first + per_task : span.end;
-    PairSlots<R> at;
-    at.locate(p, first + lay.grp, lay.G, end);  // slots at or past `rounds` are past `end`: invalid
-    WidePosition position[R];
-#pragma unroll
-    for (int i = 0; i < R; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
-    Chunk<T, C> xr[R][K], dyr[R][K];
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const T* xs = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
-      const T* gs = static_cast<const T*>(p.group[at.group[i]].grad) + at.offset[i];
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        if (at.valid[i] && lay.has(k)) {
-          xr[i][k].load(xs + lay.chunk(k) * C);
-          dyr[i][k].load(gs + lay.chunk(k) * C);
-        } else {
-          xr[i][k].zero();
-          dyr[i][k].zero();
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      if (i == rounds) break;  // warp-uniform
-      const bool valid = at.valid[i];
-      const int g = at.group[i];
-      if (valid && (!have_angles || position[i].value(p) != angles_at)) {
-        angles_at = position[i].value(p);
-        have_angles = true;
-        if constexpr (Paired) {
-          load_paired_angles<KA, C, Inputs::kAny>(a, angles_at, lay, cs, sn);
-        } else {
-          load_generic_angles<K, C, S>(a, angles_at, lay, cs, sn);
+    copy_async_wait_all();  // this task's stage has landed
+    if (task + span.warps < tasks) fetch(task + span.warps, stage ^ 1);
+    each_round(task, [&](int i, bool valid, const PairCursor& cur) {
+      if (valid) {
+        const int64_t* at = stages.position(stage, i);
+        const int64_t position = p.positions_64 ? *at : *reinterpret_cast<const int32_t*>(at);
+        if (!have_angles || position != angles_at) {
+          angles_at = position;
+          have_angles = true;
+          if constexpr (Paired) {
+            load_paired_angles<KA, C, Inputs::kAny>(a, angles_at, lay, cs, sn);
+          } else {
+            load_generic_angles<K, C, S>(a, angles_at, lay, cs, sn);
+          }
         }
       }
       float x[K][C], gr[K][C];
       float sumsq = 0.0f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
+        Chunk<T, C> xc, dyc;
+        if (valid && lay.has(k)) {
+          xc.word = *stages.x(stage, i, k);
+          dyc.word = *stages.dy(stage, i, k);
+        } else {
+          xc.zero();
+          dyc.zero();
+        }
 #pragma unroll
         for (int j = 0; j < C; ++j) {
-          x[k][j] = xr[i][k].get(j);
-          gr[k][j] = dyr[i][k].get(j);
+          x[k][j] = xc.get(j);
+          gr[k][j] = dyc.get(j);
           sumsq += x[k][j] * x[k][j];
         }
       }
@@ -247,28 +369,26 @@ __global__ void __launch_bounds__(kMaxThreads)
         rotate_generic<K, C, S>(p, row, lay, gr, cs, sn, -1.0f);  // every lane: neox syncs the warp
       }
       const float r = rsqrtf(group_sum_runtime(sumsq, lay.L) / static_cast<float>(dim) + p.eps);
+      int local = 0;
+      const int g = split_head(p, cur.head, &local);
       const float* w = scale + (g & 1) * dim;
       float dot = 0.0f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        float wk[C];
+        float wk[C], dw[C];
         SmemRun<C>::load(w + (lay.has(k) ? lay.chunk(k) * C : 0), wk);  // a missing slot's x, dy are 0
 #pragma unroll
         for (int j = 0; j < C; ++j) {
           x[k][j] *= r;  // xhat
-          const float u = gr[k][j] * wk[j];
-          dot += u * x[k][j];
-          if (valid && g == 0) {
-            acc_q[k][j] += gr[k][j] * x[k][j];
-          } else if (valid) {
-            acc_k[k][j] += gr[k][j] * x[k][j];
-          }
-          gr[k][j] = u;  // u from here on
+          dw[j] = gr[k][j] * x[k][j];
+          gr[k][j] *= wk[j];  // u from here on
+          dot += gr[k][j] * x[k][j];
         }
+        if (valid && want_dw && lay.has(k)) sums.add(g & 1, k, dw);
       }
       const float mean_dot = group_sum_runtime(dot, lay.L) / static_cast<float>(dim);
-      if (!valid) continue;
-      T* dst = static_cast<T*>(p.group[g].out) + at.offset[i];
+      if (!valid) return;
+      T* dst = static_cast<T*>(p.group[g].out) + head_offset(p, g, cur.token, local);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (!lay.has(k)) continue;
@@ -277,35 +397,28 @@ __global__ void __launch_bounds__(kMaxThreads)
         for (int j = 0; j < C; ++j) out.set(j, r * (gr[k][j] - x[k][j] * mean_dot));
         out.store(dst + lay.chunk(k) * C);
       }
-    }
+    });
+    stage ^= 1;
   }
 
-  if (!wants_dweight(p)) return;  // uniform over the grid
-  // Lanes at the same position of the G groups hold the same elements: fold them.
+  if (!want_dw) return;  // uniform over the grid
+  // Lanes at the same position of the G groups hold the same elements: fold them, one element at a time,
+  // into the warp's [2][D] row, which takes the place of the stages.
+  float* red = reinterpret_cast<float*>(smem_bytes + plan.stages_offset());
+  __syncthreads();  // every warp is done with its stages
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
-#pragma unroll
-    for (int j = 0; j < C; ++j) {
-      for (int offset = lay.L; offset < kWarp; offset <<= 1) {
-        acc_q[k][j] += __shfl_xor_sync(0xffffffffu, acc_q[k][j], offset);
-        acc_k[k][j] += __shfl_xor_sync(0xffffffffu, acc_k[k][j], offset);
-      }
-    }
-  }
-  __syncthreads();  // the scales and staging rows are reused for the reduction
-  if (lay.grp == 0) {
-    float* mine = smem + (threadIdx.x / kWarp) * 2 * dim;
+  for (int g = 0; g < 2; ++g) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      if (!lay.has(k)) continue;
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        mine[lay.chunk(k) * C + j] = acc_q[k][j];
-        mine[dim + lay.chunk(k) * C + j] = acc_k[k][j];
+        float v = sums.get(g, k, j);
+        for (int offset = lay.L; offset < kWarp; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+        if (lay.grp == 0 && lay.has(k)) red[(warp_in_block * 2 + g) * dim + lay.chunk(k) * C + j] = v;
       }
     }
   }
-  write_block_partials(smem, dim, o);
+  write_block_partials(red, dim, o);
 }
 
 // dweight[g][example][e] = sum over the example's blocks b of partials[example][b][g][e]. A block covers

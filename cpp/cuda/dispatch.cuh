@@ -141,15 +141,16 @@ bool paired_layout(const Problem& p) {
   return p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
 }
 
-// Shared memory of the generic kernels at `lanes` per head: the block's [2][D] weight scales, then, where
+// Shared memory of the generic forward at `lanes` per head: the block's [2][D] weight scales, then, where
 // neox partners are exchanged through shared memory (neox_rows), a staging row per head a warp runs at
-// once; the backward reuses them for its [warps][2][D] weight-gradient rows afterwards.
-inline size_t generic_smem_bytes(const Problem& p, int lanes, int warps_per_block, bool neox_rows, bool backward) {
+// once. (The backward's: BackwardSmem.)
+inline size_t generic_smem_bytes(const Problem& p, int lanes, int warps_per_block, bool neox_rows) {
   const size_t rows_per_warp = neox_rows ? kWarp / lanes : 0;
-  const size_t loop_rows = 2 + warps_per_block * rows_per_warp;
-  const size_t reduce_rows = backward ? 2 * static_cast<size_t>(warps_per_block) : 0;
-  return (loop_rows > reduce_rows ? loop_rows : reduce_rows) * p.head_dim * sizeof(float);
+  return (2 + warps_per_block * rows_per_warp) * p.head_dim * sizeof(float);
 }
+
+// Dynamic shared memory a kernel may take without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize).
+constexpr size_t kDefaultSmemBytes = 48 * 1024;
 
 template <template <typename, int, Style> class Family, typename T>
 auto pick_generic(const Problem& p) {

@@ -63,7 +63,7 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   } else if (gptj_runs && common) {
     kernel = forward_generic_kernel<T, kVec, Style::kGptj, false, Inputs::kCommon>;
   }
-  const size_t smem = generic_smem_bytes(p, lanes, launch.warps_per_block, p.style == Style::kNeox && !paired, false);
+  const size_t smem = generic_smem_bytes(p, lanes, launch.warps_per_block, p.style == Style::kNeox && !paired);
   return launch_kernel(kernel, grid, block, smem, stream, launch.pdl, args, rounds, lanes);
 }
 
