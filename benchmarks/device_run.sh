@@ -218,7 +218,7 @@ with_baseline() {
     OUT="$OUT/baseline_$BASELINE" && mkdir -p "$OUT" && build
     for stage in ${BASELINE_STAGES:-variants}; do "$stage"; done
   ) || status=$?
-  rm -rf cpp && cp -r "$saved" cpp && build > /dev/null
+  rm -rf cpp && cp -r "$saved" cpp && build > /dev/null || status=$?
   return $status
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }

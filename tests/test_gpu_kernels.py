@@ -204,8 +204,8 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
 
 
 # (head_dim, rotary_dim): the tuned kernels, then the generic ones: neox partners in one lane (80, and 128
-# with rotary 64, whose gptj runs the tuned kernel), through shared memory (72: half of 72 is not whole
-# 16-byte chunks) and 2-element chunks (90).
+# with rotary 64, whose gptj runs the tuned kernel), through shared memory (72 in bf16 and f16: 36 is not
+# whole 8-element chunks) and 2-element chunks (90).
 STRIDING_HEADS = ((64, None), (128, None), (256, None), (80, None), (72, None), (90, None), (128, 64))
 
 
