@@ -5,15 +5,20 @@ persistent grid.
     python benchmarks/kernel_variants.py [--out DIR]
     python benchmarks/kernel_variants.py --backward-only --backward-heads 32,8,80 32,8,128,64 \
         --backward-launches 8,4,2 4,4,3
+    python benchmarks/kernel_variants.py --forward-only --persistent --tokens 4096 16384 --styles neox gptj
 
 --backward-heads takes Hq,Hk,D or Hq,Hk,D,R (rotary_dim R); --backward-launches N,warps,blocks_per_SM.
+--persistent times each forced N with the tuned forward's persistent grid off and on (same build), the
+forward timings alternating between the two so that drift between them cancels.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import statistics
 from pathlib import Path
 
 import jax
@@ -34,26 +39,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--backward-only", action="store_true", help="skip the forward sweep")
+    parser.add_argument("--forward-only", action="store_true", help="skip the backward sweep")
+    parser.add_argument("--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="Hq,Hk,D")
+    parser.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS), help="forward token counts")
+    parser.add_argument("--styles", nargs="+", default=["neox"], choices=("neox", "gptj"), help="forward styles")
+    parser.add_argument("--choices", type=int, nargs="+", default=list(FORWARD_CHOICES), help="forward N")
+    parser.add_argument("--persistent", action="store_true", help="forward: persistent grid off and on")
+    parser.add_argument("--repeats", type=int, default=1, help="forward: rounds per point (median kept)")
     parser.add_argument("--backward-heads", nargs="+", default=["32,8,128"])
     parser.add_argument("--backward-launches", nargs="+", default=[",".join(map(str, s)) for s in BACKWARD_SHAPES])
     args = parser.parse_args()
     copy = copy_bandwidth_gbps()
     print(f"copy {copy:.0f} GB/s on {jax.devices()[0].device_kind}", flush=True)
     records = []
-    for heads in () if args.backward_only else SHAPES:
-        for t in TOKENS:
-            case = Case(heads, t, "neox")
-            inputs = make_inputs(case)
-            bound = case.forward_bytes() / (copy * 1e3)
-            line = []
-            for n in FORWARD_CHOICES:
-                us = time_choice(case, inputs, n)
-                records.append(dict(kind="forward", heads=list(heads), T=t, N=n, us=us, bound_us=bound,
-                                    fraction=bound / us))
-                line.append(f"{n}={us:8.2f}({100 * bound / us:3.0f}%)")
-            print(f"fwd {heads} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
+    modes = (False, True) if args.persistent else (None,)
+    shapes = [tuple(int(v) for v in text.split(",")) for text in args.shapes]
+    for heads in () if args.backward_only else shapes:
+        for t in args.tokens:
+            for style in args.styles:
+                case = Case(heads, t, style)
+                inputs = make_inputs(case)
+                bound = case.forward_bytes() / (copy * 1e3)
+                line = []
+                for n in args.choices:
+                    rounds: dict = {mode: [] for mode in modes}
+                    for _ in range(args.repeats):
+                        for mode in modes:
+                            with dispatch.override_persistent(mode) if mode is not None else contextlib.nullcontext():
+                                rounds[mode].append(time_choice(case, inputs, n))
+                    for mode in modes:
+                        us = statistics.median(rounds[mode])
+                        records.append(dict(kind="forward", heads=list(heads), T=t, style=style, N=n, persistent=mode,
+                                            us=us, rounds=rounds[mode], bound_us=bound, fraction=bound / us))
+                        tag = f"{n}{'' if mode is None else 'p' if mode else 'b'}"
+                        line.append(f"{tag}={us:8.2f}({100 * bound / us:3.0f}%)")
+                print(f"fwd {heads} {style} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
     launches = [tuple(int(v) for v in text.split(",")) for text in args.backward_launches]
-    for spec in args.backward_heads:
+    for spec in [] if args.forward_only else args.backward_heads:
         values = tuple(int(v) for v in spec.split(","))
         heads, rotary = values[:3], (values[3] if len(values) == 4 else None)
         for t, style in ((16384, "neox"), (65536, "neox"), (16384, "gptj")):

@@ -245,8 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few points only")
     parser.add_argument("--prefetch", type=int, default=None, metavar="PAIRS",
                         help="force the forward's cos/sin prefetch distance in pairs (0: off; default: auto)")
+    parser.add_argument("--persistent", type=int, default=None, choices=(0, 1),
+                        help="force the tuned forward's persistent (streaming) grid off or on (default: auto)")
     args = parser.parse_args(argv)
-    with dispatch.override_prefetch(args.prefetch) if args.prefetch is not None else contextlib.nullcontext():
+    with contextlib.ExitStack() as overrides:
+        if args.prefetch is not None:
+            overrides.enter_context(dispatch.override_prefetch(args.prefetch))
+        if args.persistent is not None:
+            overrides.enter_context(dispatch.override_persistent(bool(args.persistent)))
         run(args)
 
 
@@ -269,6 +275,8 @@ def run(args: argparse.Namespace) -> None:
                 "two chain lengths, fastest of 21 alternating wall-clock runs of each")
     if args.prefetch is not None:
         meta["method"] += f"; the forward's cos/sin prefetch forced to {args.prefetch} pairs ahead (0: off)"
+    if args.persistent is not None:
+        meta["method"] += f"; the tuned forward's persistent grid forced {'on' if args.persistent else 'off'}"
     print(f"{meta['device']}: device-to-device copy {copy_gbps:.0f} GB/s")
     cases = [Case(s, t, st, rotary_dim=rotary.get(s)) for s in shapes for t in tokens for st in args.styles]
 

@@ -65,17 +65,19 @@ class Launch:
     warps_per_block: int
     pdl: bool = False
     prefetch_pairs: int = 0  # 0: off
+    persistent: bool = False  # tuned forward: resident warps loop over their tasks (forward_streaming_kernel)
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
-                    pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs))
+                    pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs), persistent=bool(self.persistent))
 
 
 _assumed_facts: list[DeviceFacts] = []
 _pdl_override: list[bool] = []
-_choice_override: list[int] = []
+_choice_override: list[int | str] = []
 _backward_override: list[tuple[int, int, int]] = []
 _prefetch_override: list[int] = []
+_persistent_override: list[bool] = []
 
 
 @contextlib.contextmanager
@@ -98,9 +100,22 @@ def override_pdl(enabled: bool) -> contextlib.AbstractContextManager[None]:
     return _pushed(_pdl_override, enabled)
 
 
-def override_choice(choice: int) -> contextlib.AbstractContextManager[None]:
-    """Force the forward pairs per warp (any of AUTO_CHOICES) of calls lowered inside (calibration)."""
+def override_choice(choice: int | str) -> contextlib.AbstractContextManager[None]:
+    """Force the forward pairs per warp (any of AUTO_CHOICES), or a calibration choice such as "8p" (8 on a
+    persistent grid: parse_choice), for the calls lowered inside (calibration, tests)."""
     return _pushed(_choice_override, choice)
+
+
+def parse_choice(choice: int | str) -> tuple[int, bool]:
+    """(pairs per warp, persistent) of a forward choice: N, or "N" / "Np" as calibration files write them.
+    Persistent: the tuned forward's streaming kernel on a grid of resident warps, where its build streams
+    (two pairs per lane group, common inputs); elsewhere the flag changes nothing."""
+    text = str(choice)
+    persistent = text.endswith("p")
+    n = int(text.removesuffix("p"))
+    if n not in AUTO_CHOICES:
+        raise ValueError(f"forward choice must be one of {AUTO_CHOICES}, optionally with 'p', got {choice!r}")
+    return n, persistent
 
 
 def override_backward(
@@ -113,6 +128,11 @@ def override_backward(
 def override_prefetch(pairs: int) -> contextlib.AbstractContextManager[None]:
     """Force the forward's cos/sin prefetch distance in pairs (0: off) for the calls lowered inside (tests)."""
     return _pushed(_prefetch_override, pairs)
+
+
+def override_persistent(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Force the tuned forward's persistent (streaming) grid on or off for the calls lowered inside (A/B)."""
+    return _pushed(_persistent_override, enabled)
 
 
 @functools.cache
@@ -157,12 +177,20 @@ def head_dim_class(head_dim: int, style: str = "neox", rotary_dim: int | None = 
     return str(head_dim) if head_dim in TUNED_HEAD_DIMS and not partial_neox else "generic"
 
 
+def pick_variant(thresholds, pairs: int) -> tuple[int, bool]:
+    """(N, persistent) of the first [max_pairs, N] or [max_pairs, N, persistent] entry with pairs <= max_pairs
+    (None: no bound)."""
+    for entry in thresholds:
+        if entry[0] is None or pairs <= entry[0]:
+            break
+    else:
+        entry = thresholds[-1]
+    return int(entry[1]), bool(entry[2]) if len(entry) > 2 else False
+
+
 def pick_from_thresholds(thresholds, pairs: int) -> int:
-    """The N of the first (max_pairs, N) entry with pairs <= max_pairs (None: no bound)."""
-    for bound, n in thresholds:
-        if bound is None or pairs <= bound:
-            return int(n)
-    return int(thresholds[-1][1])
+    """The N of the first entry with pairs <= max_pairs (pick_variant)."""
+    return pick_variant(thresholds, pairs)[0]
 
 
 def prefetch_distance(num_pairs: int, head_dim: int, itemsize: int, facts: DeviceFacts) -> int:
@@ -197,17 +225,20 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     if calibration is not None:
         thresholds = forward_tables(calibration, style).get(head_dim_class(head_dim, style, rotary_dim), thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
+    persistent = False  # a forced N runs the plain grid
     if forced is not None:
         choice = forced
     elif _choice_override:
-        choice = _choice_override[-1]
+        choice, persistent = parse_choice(_choice_override[-1])
     else:
-        choice = pick_from_thresholds(thresholds, num_pairs)
+        choice, persistent = pick_variant(thresholds, num_pairs)
     pdl = _pdl_override[-1] if _pdl_override else num_pairs <= pdl_max_pairs
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
+    persistent = _persistent_override[-1] if _persistent_override else persistent
     return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl,
-                  prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts))
+                  prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts),
+                  persistent=persistent and facts.compute_capability is not None)
 
 
 def generic_backward_is_wide(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:

@@ -170,6 +170,41 @@ def test_positions_read_as_words(pos_dtype, head_dim):
                     assert_close(a, e.astype(jnp.bfloat16), jnp.bfloat16, f"{pos_dtype} N={n} {style}")
 
 
+# (dtype, head_dim, N) where a lane group of the tuned forward holds two pairs: the builds of its persistent
+# (streaming) kernel.
+STREAMING_BUILDS = [(jnp.bfloat16, 64, 16), (jnp.bfloat16, 128, 8), (jnp.bfloat16, 256, 4), (jnp.float16, 128, 8),
+                    (jnp.float32, 64, 8), (jnp.float32, 128, 4), (jnp.float32, 256, 2)]
+
+
+@pytest.mark.parametrize(("dtype", "head_dim", "n"), STREAMING_BUILDS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("tokens", (1, 999, 4001))
+def test_persistent_forward_matches_reference(tokens, dtype, head_dim, n):
+    """The tuned forward on a persistent grid: at 4001 tokens of 10 heads each warp runs several tasks, the
+    next one's loads in flight while it computes the current one; tasks straddle tokens and the q/k boundary,
+    the last ones run past the end. Both styles, a k weight missing with an offset, and the packed layout
+    with an unaliased output (V copied), against the reference."""
+    keys = jax.random.split(jax.random.PRNGKey(tokens + head_dim), 5)
+    q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
+    k = random_heads(keys[1], (tokens,), 3, head_dim, dtype)
+    w = random_weight(keys[2], head_dim, dtype)
+    positions = random_positions(keys[3], (tokens,), 3000)
+    cache = qkr.rope_cos_sin_cache(3000, head_dim)
+    qkv = random_heads(keys[4], (tokens,), 13, head_dim, dtype).reshape(tokens, 13 * head_dim)
+    with dispatch.override_persistent(True), dispatch.override_choice(n):
+        for style in ("neox", "gptj"):
+            for wk, offset in ((w, 0.0), (None, 1.0)):
+                kw = dict(style=style, cos_sin_cache=cache, weight_offset=offset)
+                out = jax.jit(lambda q, k, p, wk=wk, kw=kw: qkr.fused(q, k, p, w, wk, **kw))(q, k, positions)
+                expected = ref.fused(q, k, positions, w, wk, **kw)
+                for a, e in zip(out, expected, strict=True):
+                    assert_close(a, e.astype(dtype), dtype, f"N={n} {style} offset {offset}")
+            kw = dict(style=style, cos_sin_cache=cache)
+            packed = jax.jit(lambda x, p, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, w, **kw))(qkv, positions)
+            assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+            expected = ref.fused_qkv(qkv, positions, 7, 3, w, w, **kw)
+            assert_close(packed, expected.astype(dtype), dtype, f"packed N={n} {style}")
+
+
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 192, 256, 512))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_sixteen_pairs_per_warp(dtype, head_dim):

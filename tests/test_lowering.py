@@ -44,10 +44,28 @@ def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
     assert attribute(text, "qkrope_fwd", "warps_per_block") == f"{expected.warps_per_block} : i64"
     assert attribute(text, "qkrope_fwd", "rotary_dim") == f"{d} : i64"
     assert attribute(text, "qkrope_fwd", "prefetch_pairs") == f"{expected.prefetch_pairs} : i64"
+    assert attribute(text, "qkrope_fwd", "persistent") == str(expected.persistent).lower()
     if facts is dispatch.UNKNOWN_GPU:  # the conservative default table
         assert expected.pairs_per_warp == dispatch.pick_from_thresholds(
             dispatch.DEFAULT_FORWARD_THRESHOLDS, tokens * (hq + hk))
         assert attribute(text, "qkrope_fwd", "pdl") == "false"
+
+
+def test_persistent_forward_comes_from_the_calibration_on_known_devices_only():
+    launch = lambda facts, forced=None: dispatch.forward_launch(4096 * 32, 64, forced, facts, 2)  # noqa: E731
+    table = dispatch.forward_tables(dispatch.load_calibration((9, 0)), "neox")["64"]
+    assert launch(H100).persistent == dispatch.pick_variant(table, 4096 * 32)[1]
+    assert launch(H100, forced=8).persistent is False  # a user's N runs the plain grid
+    assert launch(dispatch.UNKNOWN_GPU).persistent is False
+    with dispatch.assume_device(H100), dispatch.override_choice("16p"):
+        assert (launch(H100).pairs_per_warp, launch(H100).persistent) == (16, True)
+    with pytest.raises(ValueError, match="forward choice"):
+        dispatch.parse_choice("3p")
+    for enabled in (False, True):
+        with dispatch.override_persistent(enabled):
+            assert launch(H100).persistent == enabled
+            assert launch(dispatch.UNKNOWN_GPU).persistent is False
+            assert launch(H100).ffi_attributes()["persistent"] is enabled
 
 
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():

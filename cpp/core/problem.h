@@ -73,6 +73,9 @@ struct Launch {
   // ahead of its own (0: off), so later warps do not wait on two dependent DRAM round trips before
   // rotating. The generic kernels ignore it.
   int32_t prefetch_pairs = 0;
+  // Tuned forward for the common inputs with two pairs per lane group: a grid of resident warps looping
+  // over their tasks, the next one's loads in flight while the current one computes. Others ignore it.
+  bool persistent = false;
 };
 
 // Backward extras: float32 weight gradients, reduced deterministically from per-block partials.

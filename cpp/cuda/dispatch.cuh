@@ -70,13 +70,35 @@ template <typename T, int D, Style S>
 constexpr int kSixteenOr8 = TunedLayout<T, D, 16, S>::I <= 4 ? 16 : 8;
 
 // One instantiation of a tuned kernel family: the kernel, the pairs per warp it really runs (the grid is
-// sized from this, not from the request) and the dynamic shared memory each warp of a block needs.
+// sized from this, not from the request), the dynamic shared memory each warp of a block needs, and
+// whether it loops over tasks on a grid of resident blocks (streaming_blocks).
 template <typename Kernel>
 struct TunedChoice {
   Kernel kernel;
   int pairs;
   size_t smem_per_warp;
+  bool persistent = false;
 };
+
+// Blocks of `threads` threads of `kernel` (no dynamic shared memory) resident on the current device at once.
+template <typename Kernel>
+cudaError_t resident_blocks(Kernel kernel, int threads, int64_t* blocks) {
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+  *blocks = static_cast<int64_t>(sms) * per_sm;
+  return err;
+}
+
+// Blocks of a persistent grid for `tasks` tasks: no more warps than `resident_blocks` hold at once, and
+// every warp given the same number of tasks, or one fewer, so that none runs a round alone at the end.
+inline int64_t streaming_blocks(int64_t tasks, int64_t resident_blocks, int warps_per_block) {
+  const int64_t slots = resident_blocks * warps_per_block > 0 ? resident_blocks * warps_per_block : 1;
+  const int64_t per_warp = (tasks + slots - 1) / slots;
+  const int64_t warps = (tasks + per_warp - 1) / per_warp;
+  return (warps + warps_per_block - 1) / warps_per_block;
+}
 
 template <template <typename, int, int, Style> class Family, typename T, Style S, int D>
 auto tuned_for_pairs(int n) {

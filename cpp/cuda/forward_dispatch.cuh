@@ -20,6 +20,23 @@ struct ForwardTuned {
   };
 };
 
+// The tuned forward on a persistent grid (forward_streaming_kernel) for the common inputs, where a lane
+// group holds two pairs (the next task's data then fits in 128 registers); the plain common-input kernel
+// elsewhere.
+struct ForwardStreaming {
+  template <typename T, int D, int N, Style S>
+  struct Family {
+    static constexpr int kPairs = N == 16 ? kSixteenOr8<T, D, S> : N;
+    static TunedChoice<void (*)(KernelArgs)> choice() {
+      if constexpr (TunedLayout<T, D, kPairs, S>::I == 2) {
+        return {forward_streaming_kernel<T, D, kPairs, S>, kPairs, 0, true};
+      } else {
+        return ForwardTuned<Inputs::kCommon>::Family<T, D, N, S>::choice();
+      }
+    }
+  };
+};
+
 template <typename T, int C, Style S>
 struct ForwardGeneric {
   static constexpr auto kernel = forward_generic_kernel<T, C, S>;
@@ -39,8 +56,17 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   };
   dim3 grid;
   if (use_tuned<T>(p)) {
-    const auto choice = pick_tuned_for_inputs<ForwardTuned, T>(args, launch.pairs_per_warp);
+    const auto choice = launch.persistent && common_inputs<T>(args)
+                            ? pick_tuned<ForwardStreaming::Family, T>(p, launch.pairs_per_warp)
+                            : pick_tuned_for_inputs<ForwardTuned, T>(args, launch.pairs_per_warp);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
+    if (choice.persistent) {
+      int64_t resident = 0;
+      const cudaError_t err = resident_blocks(choice.kernel, static_cast<int>(block.x), &resident);
+      if (err != cudaSuccess) return err;
+      const int64_t tasks = (p.total_pairs() + choice.pairs - 1) / choice.pairs;
+      grid.x = static_cast<unsigned>(std::min<int64_t>(grid.x, streaming_blocks(tasks, resident, launch.warps_per_block)));
+    }
     return launch_kernel(choice.kernel, grid, block, 0, stream, launch.pdl, args);
   }
   // A warp of the generic kernel runs G = 32 / lanes heads side by side, `rounds` times: N = 16 maps to

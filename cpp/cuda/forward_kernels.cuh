@@ -69,6 +69,83 @@ struct PairSlots {
   }
 };
 
+// Normalises, scales, rotates and stores the I pairs of a lane group's slots (`at`, data `raw`). The angles
+// held (cs, sn) are those of token `angles_token`; a pair of another token loads its own. scale_at(i, s, j):
+// the weight scale of element j of chunk s of pair i. Every lane of the warp calls it (group sums).
+template <typename T, typename Lay, Inputs In, Style S, typename Position, typename ScaleAt>
+__device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const PairSlots<Lay::I>& at,
+                                                    const Position (&position)[Lay::I],
+                                                    const Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL], int gl,
+                                                    float (&cs)[Lay::AS][Lay::NA], float (&sn)[Lay::AS][Lay::NA],
+                                                    int64_t& angles_token, ScaleAt scale_at) {
+  constexpr int D = Lay::E * Lay::L, C = Lay::C, SL = Lay::SL;
+  const Problem& p = a.p;
+#pragma unroll
+  for (int i = 0; i < Lay::I; ++i) {
+    if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
+      load_tuned_angles<Lay, In>(a, position[i].value(p), gl, cs, sn);
+      angles_token = at.token[i];
+    }
+    float v[SL][C];
+    float sumsq = 0.0f;
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+#pragma unroll
+      for (int j = 0; j < C; ++j) {
+        v[s][j] = raw[i][s].get(j);
+        sumsq += v[s][j] * v[s][j];
+      }
+    }
+    sumsq = group_sum<Lay::L>(sumsq);  // every lane, valid or not
+    if (!at.valid[i]) continue;
+    T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
+    if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
+#pragma unroll
+      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl));
+      continue;
+    }
+    const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+#pragma unroll
+      for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * scale_at(i, s, j);
+    }
+    rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
+#pragma unroll
+    for (int s = 0; s < SL; ++s) {
+      Chunk<T, C> out;
+#pragma unroll
+      for (int j = 0; j < C; ++j) out.set(j, v[s][j]);
+      out.store(dst + Lay::chunk_start(s, gl));
+    }
+  }
+}
+
+// Issues the loads of a lane group's I pairs: positions first (the position -> cos/sin chain is the
+// longest), then the heads' chunks; pairs past the end read nothing and hold zeros.
+template <typename T, typename Lay, typename Position>
+__device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSlots<Lay::I>& at, int gl,
+                                                  Position (&position)[Lay::I],
+                                                  Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL]) {
+#pragma unroll
+  for (int i = 0; i < Lay::I; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
+#pragma unroll
+  for (int i = 0; i < Lay::I; ++i) {
+    const T* src = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
+#pragma unroll
+    for (int s = 0; s < Lay::SL; ++s) {
+      if (at.valid[i]) {
+        raw[i][s].load(src + Lay::chunk_start(s, gl));
+      } else {
+        raw[i][s].zero();
+      }
+    }
+  }
+}
+
+// Blocks of kMaxThreads the streaming kernel is built to fit per SM (at most 128 registers).
+constexpr int kStreamingMinBlocks = 2;
+
 template <typename T, int D, int N, Style S, Inputs In>
 __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
@@ -94,21 +171,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // cache-free and mixed-dtype paths).
   using Position = std::conditional_t<In == Inputs::kCommon && kStaged, PositionWords, WidePosition>;
   Position position[I];
-#pragma unroll
-  for (int i = 0; i < I; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
   Chunk<T, C> raw[I][SL];
-#pragma unroll
-  for (int i = 0; i < I; ++i) {
-    const T* src = static_cast<const T*>(p.group[at.group[i]].in) + at.offset[i];
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-      if (at.valid[i]) {
-        raw[i][s].load(src + Lay::chunk_start(s, gl));
-      } else {
-        raw[i][s].zero();
-      }
-    }
-  }
+  fetch_tuned_pairs<T, Lay>(p, at, gl, position, raw);
   // One pair per lane group: its weights, converted at once (kept as raw words until used, they cost up
   // to 15% at N = 4 for 128-dim heads: more live registers). Staged: one 16-byte load per thread now,
   // stored to shared memory after the cos/sin loads are out.
@@ -138,55 +202,84 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       stage_scales<D>(p, &scale[0][0]);
     }
   }
+  forward_tuned_pairs<T, Lay, In, S>(a, at, position, raw, gl, cs, sn, angles_token, [&](int i, int s, int j) {
+    if constexpr (kStaged) {
+      return scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j];
+    } else {
+      return w_early[s][j];
+    }
+  });
+  ahead.finish(p);
+}
 
-#pragma unroll
-  for (int i = 0; i < I; ++i) {
-    if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
-      load_tuned_angles<Lay, In>(a, position[i].value(p), gl, cs, sn);
-      angles_token = at.token[i];
+// forward_tuned for the common inputs with several pairs per lane group, on a grid of resident warps only
+// (forward_streaming_grid sizes it). Warp w of W handles tasks w, w + W, w + 2W, ... (a task: N consecutive
+// pairs). While it normalises and stores one task, the positions and heads of its next are in flight, so a
+// warp waiting on a cos/sin row or on its arithmetic still has bytes in flight; and the grid ends with
+// every warp on its last task instead of with a partial wave of blocks. Without enough tasks for a second
+// round it is forward_tuned.
+template <typename T, int D, int N, Style S>
+__global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_streaming_kernel(const KernelArgs a) {
+  using Lay = TunedLayout<T, D, N, S>;
+  constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
+  static_assert(I > 1, "weights staged per block: several pairs per lane group");
+  __shared__ float scale[2][D];
+  const Problem& p = a.p;
+  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  const int64_t tasks = (p.total_pairs() + N - 1) / N;
+  int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+
+  PairSlots<I> at;
+  at.locate(p, task * N + grp, G, p.total_pairs());
+  wait_for_previous_kernel(a.pdl);
+  PositionWords position[I];
+  Chunk<T, C> raw[I][SL];
+  fetch_tuned_pairs<T, Lay>(p, at, gl, position, raw);
+  StagedScales<T, D> staged;
+  staged.fetch(p);
+  RowPrefetch<PositionWords> ahead;
+  if (a.prefetch_pairs > 0) ahead.begin(p, task * N + a.prefetch_pairs, N);
+  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+  int64_t angles_token = -1;
+  if (at.valid[0] && at.group[0] < 2) {
+    load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), gl, cs, sn);
+    angles_token = at.token[0];
+  }
+  staged.commit(p, &scale[0][0]);  // every warp of the block, with a task or without
+  ahead.finish(p);
+  const auto scale_at = [&](int i, int s, int j) { return scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j]; };
+
+#pragma unroll 1
+  for (;;) {  // warp-uniform: a warp's tasks
+    const int64_t next = task + warps;
+    const bool more = next < tasks;
+    PositionWords next_position[I];
+    Chunk<T, C> next_raw[I][SL];
+    RowPrefetch<PositionWords> next_ahead;
+    if (more) {
+      PairSlots<I> next_at;  // located again below: fewer registers live across the arithmetic
+      next_at.locate(p, next * N + grp, G, p.total_pairs());
+      fetch_tuned_pairs<T, Lay>(p, next_at, gl, next_position, next_raw);
+      if (a.prefetch_pairs > 0) next_ahead.begin(p, next * N + a.prefetch_pairs, N);
     }
-    float v[SL][C];
-    float sumsq = 0.0f;
+    forward_tuned_pairs<T, Lay, Inputs::kCommon, S>(a, at, position, raw, gl, cs, sn, angles_token, scale_at);
+    if (!more) break;
+    next_ahead.finish(p);
+    task = next;
+    at.locate(p, task * N + grp, G, p.total_pairs());
 #pragma unroll
-    for (int s = 0; s < SL; ++s) {
+    for (int i = 0; i < I; ++i) {
+      position[i] = next_position[i];
 #pragma unroll
-      for (int j = 0; j < C; ++j) {
-        v[s][j] = raw[i][s].get(j);
-        sumsq += v[s][j] * v[s][j];
-      }
+      for (int s = 0; s < SL; ++s) raw[i][s] = next_raw[i][s];
     }
-    sumsq = group_sum<L>(sumsq);  // every lane, valid or not
-    if (!at.valid[i]) continue;
-    T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
-    if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
-#pragma unroll
-      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl));
-      continue;
-    }
-    const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        float w;
-        if constexpr (kStaged) {
-          w = scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j];
-        } else {
-          w = w_early[s][j];
-        }
-        v[s][j] = v[s][j] * r * w;
-      }
-    }
-    rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-      Chunk<T, C> out;
-#pragma unroll
-      for (int j = 0; j < C; ++j) out.set(j, v[s][j]);
-      out.store(dst + Lay::chunk_start(s, gl));
+    // The next task's first cos/sin, requested as soon as this task no longer needs the registers.
+    if (at.valid[0] && at.group[0] < 2 && at.token[0] != angles_token) {
+      load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), gl, cs, sn);
+      angles_token = at.token[0];
     }
   }
-  ahead.finish(p);
 }
 
 // ---------------------------------------------------------------------------------------------------
