@@ -57,7 +57,7 @@ def test_persistent_forward_comes_from_the_calibration_on_known_devices_only():
     assert launch(H100).persistent == dispatch.pick_variant(table, 4096 * 32)[1]
     assert launch(H100, forced=8).persistent is False  # a user's N runs the plain grid
     assert launch(dispatch.UNKNOWN_GPU).persistent is False
-    with dispatch.assume_device(H100), dispatch.override_choice("16p"):
+    with dispatch.override_choice("16p"):
         assert (launch(H100).pairs_per_warp, launch(H100).persistent) == (16, True)
     with pytest.raises(ValueError, match="forward choice"):
         dispatch.parse_choice("3p")
