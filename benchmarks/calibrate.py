@@ -8,14 +8,15 @@ fastest, turns the winners into thresholds on the pair count, and writes
 ``jax_qkrope/calibration/sm<major><minor>.json`` ("forward" for neox, "forward_gptj"), which the dispatch reads.
 It then re-times the automatic choice with the new file and the best forced N, in turn, at every point and
 reports one against the other (the issue asks for auto within 3% everywhere). Also decides up to which pair count
-programmatic dependent launch pays off.
+programmatic dependent launch pays off, and, before the sweep, up to which output size the forward's
+keep_outputs L2 policy pays off (dispatch.L2_POLICIES; the sweep then runs with it, as users will).
 
     python benchmarks/calibrate.py [--quick] [--classes 64 128 256 generic] [--out DIR]
     python benchmarks/calibrate.py --rederive SWEEP.json   # re-pick stored times, no GPU
 
 With --classes, only those head_dim classes are re-measured and merged into the existing file (the
-PDL decision is kept); the auto check then covers the re-measured points, and --previous-sweep carries
-the other classes' rows from an earlier sweep file into the one written.
+PDL and L2 decisions are kept unless --measure-l2); the auto check then covers the re-measured points, and
+--previous-sweep carries the other classes' rows from an earlier sweep file into the one written.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ ROUNDS = 3  # re-timings of auto and of the best forced N in the final check
 # the Ns interleaved, and the median kept; Ns within SMALL_TIE of the fastest tie, won by the smallest (the
 # most warps, each with the shortest chain: the faster side in graph replay, results/run10_chain).
 SMALL_T, SMALL_ROUNDS, SMALL_TIE = 128, 5, 0.20
+# The L2 policy's points: the tuned head shapes at token counts whose output spans 8 MB to 300 MB (the H100's
+# L2 holds 50 MB), each timed with the policy off and on in turn, L2_ROUNDS times.
+L2_SHAPES = ((16, 16, 64), (32, 8, 128), (16, 2, 256), (64, 8, 128))
+L2_TOKENS = (2048, 4096, 8192, 16384)
+L2_ROUNDS = 3
 
 
 def table_entry(bound: int | None, choice: str) -> list:
@@ -126,6 +132,43 @@ def time_choices(case: Case, inputs: dict, choices: tuple[str, ...]) -> tuple[di
     return {c: statistics.median(values) for c, values in rounds.items()}, rounds
 
 
+def l2_limit_from(rows: list[dict]) -> int:
+    """The output size up to which keep_outputs is on: of the cut-offs at the measured sizes (or none), the one
+    with the least summed log time over all points, moved to the geometric mean of that size and the next
+    measured one (0: never on)."""
+    sizes = sorted({row["output_bytes"] for row in rows})
+
+    def cost(limit: int) -> float:
+        return sum(math.log(row["on_us"] if row["output_bytes"] <= limit else row["off_us"]) for row in rows)
+
+    best = min([0, *sizes], key=cost)  # ties: the smaller cut-off
+    larger = [size for size in sizes if size > best]
+    return 0 if best == 0 else int(math.sqrt(best * larger[0])) if larger else best
+
+
+def measure_l2_keep_max_bytes() -> tuple[int, list[dict]]:
+    """(l2_keep_max_bytes, the timed points): each point with the automatic N, keep_outputs off and on."""
+    rows = []
+    for heads in L2_SHAPES:
+        for t in L2_TOKENS:
+            for style in STYLES:
+                case = Case(heads, t, style)
+                inputs = make_inputs(case)
+                rounds: dict[int, list[float]] = {0: [], 1: []}
+                for _ in range(L2_ROUNDS):
+                    for policy in rounds:
+                        with dispatch.override_l2_policy(policy):
+                            rounds[policy].append(time_forward(case, inputs, qkr.fused))
+                off, on = (statistics.median(rounds[policy]) for policy in (0, 1))
+                rows.append(dict(heads=list(heads), T=t, style=style, output_bytes=case.head_bytes(), off_us=off,
+                                 on_us=on, rounds_us={str(k): v for k, v in rounds.items()}))
+                print(f"l2 {heads} {style} T={t:>6} out {case.head_bytes() / 2**20:6.1f} MiB: off {off:8.2f} us, "
+                      f"on {on:8.2f} us ({100 * (on / off - 1):+.1f}%)", flush=True)
+    limit = l2_limit_from(rows)
+    print(f"l2_keep_max_bytes = {limit} ({limit / 2**20:.1f} MiB)", flush=True)
+    return limit, rows
+
+
 def measure_pdl_max_pairs(thresholds_128: list) -> int:
     """Programmatic dependent launch stays on up to the largest small problem it speeds up."""
     pdl_max_pairs = 0
@@ -151,6 +194,8 @@ def main() -> None:
     parser.add_argument("--classes", nargs="+", choices=list(HEAD_DIM_CLASSES), default=list(HEAD_DIM_CLASSES))
     parser.add_argument("--previous-sweep", type=Path, default=None,
                         help="with --classes: carry this sweep's rows of the other classes into the one written")
+    parser.add_argument("--measure-l2", action="store_true",
+                        help="with --classes: re-measure the L2 policy's output limit as well (before the sweep)")
     parser.add_argument("--rederive", type=Path, default=None,
                         help="re-pick a sweep file's points from its stored times (no GPU) and rewrite both files")
     args = parser.parse_args()
@@ -161,6 +206,15 @@ def main() -> None:
     facts = dispatch.device_facts("cuda")
     assert facts.compute_capability is not None, "calibrate on a CUDA GPU"
     tokens = (1, 16, 1024, 16384, 65536) if args.quick else TOKENS
+    major, minor = facts.compute_capability
+    previous = dispatch.load_calibration((major, minor))
+    l2_rows: list[dict] = []
+    if not partial or args.measure_l2:
+        l2_keep_max_bytes, l2_rows = measure_l2_keep_max_bytes()
+        if previous is not None:  # the sweep below runs with the new limit
+            write_calibration({**previous, "l2_keep_max_bytes": l2_keep_max_bytes}, (major, minor))
+    else:
+        l2_keep_max_bytes = int((previous or {}).get("l2_keep_max_bytes", 0))
     sweep: list[dict] = []
     tables: dict[str, dict[str, list]] = {style: {} for style in STYLES}
     for style in STYLES:
@@ -181,7 +235,6 @@ def main() -> None:
                       + " ".join(f"{c}={v:8.2f}" for c, v in times.items()) + f"  -> {best}", flush=True)
             tables[style][cls] = thresholds_from(winners)
 
-    major, minor = facts.compute_capability
     previous = dispatch.load_calibration((major, minor)) if partial else None
     if previous is not None:  # merge the re-measured classes; keep the PDL decision
         for style in STYLES:
@@ -192,10 +245,10 @@ def main() -> None:
     calibration = dict(arch=f"sm_{major}{minor}", device=facts.name, sms=facts.num_sms,
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
-                       pdl_max_pairs=pdl_max_pairs,
+                       pdl_max_pairs=pdl_max_pairs, l2_keep_max_bytes=l2_keep_max_bytes,
                        remeasured=args.classes if partial else list(HEAD_DIM_CLASSES))
     path = write_calibration(calibration, (major, minor))
-    print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs}")
+    print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs} l2_keep_max_bytes={l2_keep_max_bytes}")
 
     # Auto with the new calibration vs the best forced N at every measured point. Where auto issues the very
     # launch the best forced N does (same kernel, same attributes), it is that N by construction: nothing to
@@ -236,7 +289,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"calibration_sm{major}{minor}_sweep.json").write_text(
         json.dumps(dict(calibration=calibration, device=jax.devices()[0].device_kind, sweep=sweep,
-                        worst_auto_over_best=worst), indent=1))
+                        worst_auto_over_best=worst, l2_policy=l2_rows), indent=1))
 
 
 if __name__ == "__main__":

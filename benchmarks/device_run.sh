@@ -66,10 +66,11 @@ sanitize() {
 
 calibrate() { python3 benchmarks/calibrate.py --out "$OUT" 2>&1 | tee "$OUT/calibrate.log" | tail -70; cp jax_qkrope/calibration/sm90.json "$OUT/"; }
 # Re-measure the head_dim classes in $CAL_CLASSES (e.g. "64 128"), merged into the committed file; the
-# sweep written carries the other classes' rows from $CAL_PREVIOUS (a sweep file) when given.
+# sweep written carries the other classes' rows from $CAL_PREVIOUS (a sweep file) when given. CAL_ARGS: more
+# calibrate.py options (--measure-l2).
 calibrate_classes() {
   # shellcheck disable=SC2086
-  python3 benchmarks/calibrate.py --classes $CAL_CLASSES ${CAL_PREVIOUS:+--previous-sweep "$CAL_PREVIOUS"} --out "$OUT" \
+  python3 benchmarks/calibrate.py --classes $CAL_CLASSES ${CAL_PREVIOUS:+--previous-sweep "$CAL_PREVIOUS"} ${CAL_ARGS:-} --out "$OUT" \
     2>&1 | tee "$OUT/calibrate_classes.log" | tail -40
   cp jax_qkrope/calibration/sm90.json "$OUT/"
 }
@@ -101,9 +102,18 @@ ncu_check() {
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_kernels.csv" 2> "$OUT/ncu_kernels.err"
   echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_kernels.csv"
 }
-variants() {  # VARIANT_ARGS: more kernel_variants.py options (e.g. --backward-only --backward-heads 32,8,80)
-  # shellcheck disable=SC2086
-  python3 benchmarks/kernel_variants.py --out "$OUT" ${VARIANT_ARGS:-} 2>&1 | tee "$OUT/kernel_variants.log" | grep -v "^\[" | tail -30
+# VARIANT_ARGS: kernel_variants.py options (e.g. --backward-only --backward-heads 32,8,80); several sets
+# separated by ';' run in turn, each into variants_<i>/ and kernel_variants_<i>.log.
+variants() {
+  local i=0 set sets
+  IFS=';' read -ra sets <<< "${VARIANT_ARGS:-}"
+  [ ${#sets[@]} = 0 ] && sets=("")
+  for set in "${sets[@]}"; do
+    # shellcheck disable=SC2086
+    python3 benchmarks/kernel_variants.py --out "$OUT/variants_$i" $set 2>&1 | tee "$OUT/kernel_variants_$i.log" \
+      | grep -v "^\[" | tail -30
+    i=$((i + 1))
+  done
 }
 ncu_detail() {  # registers, achieved occupancy and DRAM throughput of the tuned kernels
   ncu --kernel-name regex:tuned_kernel --clock-control none --cache-control none --csv --metrics \

@@ -6,10 +6,12 @@ persistent grid.
     python benchmarks/kernel_variants.py --backward-only --backward-heads 32,8,80 32,8,128,64 \
         --backward-launches 8,4,2 4,4,3
     python benchmarks/kernel_variants.py --forward-only --persistent --tokens 4096 16384 --styles neox gptj
+    python benchmarks/kernel_variants.py --forward-only --l2-policies 0 1 2 --tokens 1024 4096
 
 --backward-heads takes Hq,Hk,D or Hq,Hk,D,R (rotary_dim R); --backward-launches N,warps,blocks_per_SM.
 --persistent times each forced N with the tuned forward's persistent grid off and on (same build), the
-forward timings alternating between the two so that drift between them cancels.
+forward timings alternating between the two so that drift between them cancels. --l2-policies does the
+same over the tuned forward's L2 policies (dispatch.L2_POLICIES), with or without --persistent.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ FORWARD_CHOICES = (4, 8, 16)
 BACKWARD_SHAPES = ((2, 8, 4), (4, 8, 4), (8, 8, 4), (4, 8, 2), (4, 4, 4), (4, 4, 8), (8, 4, 4), (2, 4, 8), (8, 8, 2))
 
 
+def forced(grid: bool | None, policy: int | None) -> contextlib.ExitStack:
+    """The overrides of one forward mode: persistent grid and L2 policy (None: auto)."""
+    stack = contextlib.ExitStack()
+    if grid is not None:
+        stack.enter_context(dispatch.override_persistent(grid))
+    if policy is not None:
+        stack.enter_context(dispatch.override_l2_policy(policy))
+    return stack
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -45,6 +57,8 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=["neox"], choices=("neox", "gptj"), help="forward styles")
     parser.add_argument("--choices", type=int, nargs="+", default=list(FORWARD_CHOICES), help="forward N")
     parser.add_argument("--persistent", action="store_true", help="forward: persistent grid off and on")
+    parser.add_argument("--l2-policies", type=int, nargs="+", default=None,
+                        help="forward: time each of these L2 policies (dispatch.L2_POLICIES), alternating")
     parser.add_argument("--repeats", type=int, default=1, help="forward: rounds per point (median kept)")
     parser.add_argument("--backward-heads", nargs="+", default=["32,8,128"])
     parser.add_argument("--backward-launches", nargs="+", default=[",".join(map(str, s)) for s in BACKWARD_SHAPES])
@@ -52,7 +66,9 @@ def main() -> None:
     copy = copy_bandwidth_gbps()
     print(f"copy {copy:.0f} GB/s on {jax.devices()[0].device_kind}", flush=True)
     records = []
-    modes = (False, True) if args.persistent else (None,)
+    grids = (False, True) if args.persistent else (None,)
+    policies = tuple(args.l2_policies) if args.l2_policies else (None,)
+    modes = [(grid, policy) for grid in grids for policy in policies]
     shapes = [tuple(int(v) for v in text.split(",")) for text in args.shapes]
     for heads in () if args.backward_only else shapes:
         for t in args.tokens:
@@ -65,13 +81,16 @@ def main() -> None:
                     rounds: dict = {mode: [] for mode in modes}
                     for _ in range(args.repeats):
                         for mode in modes:
-                            with dispatch.override_persistent(mode) if mode is not None else contextlib.nullcontext():
+                            with forced(*mode):
                                 rounds[mode].append(time_choice(case, inputs, n))
                     for mode in modes:
+                        grid, policy = mode
                         us = statistics.median(rounds[mode])
-                        records.append(dict(kind="forward", heads=list(heads), T=t, style=style, N=n, persistent=mode,
-                                            us=us, rounds=rounds[mode], bound_us=bound, fraction=bound / us))
-                        tag = f"{n}{'' if mode is None else 'p' if mode else 'b'}"
+                        records.append(dict(kind="forward", heads=list(heads), T=t, style=style, N=n, persistent=grid,
+                                            l2_policy=policy, us=us, rounds=rounds[mode], bound_us=bound,
+                                            fraction=bound / us))
+                        tag = f"{n}{'' if grid is None else 'p' if grid else 'b'}"
+                        tag += "" if policy is None else f"/L{policy}"
                         line.append(f"{tag}={us:8.2f}({100 * bound / us:3.0f}%)")
                 print(f"fwd {heads} {style} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
     launches = [tuple(int(v) for v in text.split(",")) for text in args.backward_launches]

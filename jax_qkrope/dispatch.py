@@ -66,10 +66,20 @@ class Launch:
     pdl: bool = False
     prefetch_pairs: int = 0  # 0: off
     persistent: bool = False  # tuned forward: resident warps loop over their tasks (forward_streaming_kernel)
+    l2_policy: int = 0  # tuned forward: L2 eviction priorities of its head traffic (L2_POLICIES)
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
-                    pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs), persistent=bool(self.persistent))
+                    pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs), persistent=bool(self.persistent),
+                    l2_policy=int(self.l2_policy))
+
+
+# Launch.l2_policy values (the C++ L2Policy). keep_outputs: the tuned forward reads the heads evict-first (the
+# op's inputs are dead once read) and stores them evict-last (they are read next, by attention or the next
+# call), on as many of the output's lines as half the L2 holds. On where the output is at most the
+# calibration's l2_keep_max_bytes (H100: up to 18% faster, median 10%, for outputs of 8-40 MiB; 2-5% slower
+# from 144 MiB: BENCHMARKS.md, session 17).
+L2_POLICIES = {"default": 0, "keep_outputs": 1}
 
 
 _assumed_facts: list[DeviceFacts] = []
@@ -78,6 +88,7 @@ _choice_override: list[int | str] = []
 _backward_override: list[tuple[int, int, int]] = []
 _prefetch_override: list[int] = []
 _persistent_override: list[bool] = []
+_l2_policy_override: list[int] = []
 
 
 @contextlib.contextmanager
@@ -133,6 +144,13 @@ def override_prefetch(pairs: int) -> contextlib.AbstractContextManager[None]:
 def override_persistent(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Force the tuned forward's persistent (streaming) grid on or off for the calls lowered inside (A/B)."""
     return _pushed(_persistent_override, enabled)
+
+
+def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
+    """Force the tuned forward's L2 policy (a value of L2_POLICIES) for the calls lowered inside (A/B)."""
+    if policy not in L2_POLICIES.values():
+        raise ValueError(f"l2_policy must be one of {sorted(L2_POLICIES.values())}, got {policy!r}")
+    return _pushed(_l2_policy_override, policy)
 
 
 @functools.cache
@@ -236,9 +254,18 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
     persistent = _persistent_override[-1] if _persistent_override else persistent
+    l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(
+        num_pairs * head_dim * itemsize, calibration)
     return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl,
                   prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts),
-                  persistent=persistent and facts.compute_capability is not None)
+                  persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy)
+
+
+def l2_policy_for(output_bytes: int, calibration: dict | None) -> int:
+    """The forward's L2 policy for an output of this many bytes: keep_outputs up to the calibration's
+    l2_keep_max_bytes (unknown devices and files without it: plain accesses)."""
+    limit = 0 if calibration is None else int(calibration.get("l2_keep_max_bytes", 0))
+    return L2_POLICIES["keep_outputs" if 0 < output_bytes <= limit else "default"]
 
 
 def generic_backward_is_wide(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:

@@ -5,6 +5,7 @@ choice issues the same launch as the fastest forced N, so auto is the best force
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from jax_qkrope import dispatch
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-SWEEP = RESULTS / "run14_persistent_forward" / "calibration" / "calibration_sm90_sweep.json"
+SWEEP = RESULTS / "run15_l2_policy" / "calibration" / "calibration_sm90_sweep.json"
+L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
 
@@ -23,7 +25,7 @@ def sweep() -> dict:
 
 def test_committed_table_is_the_sweeps(sweep):
     committed = dispatch.load_calibration((9, 0))
-    for key in ("forward", "forward_gptj", "pdl_max_pairs"):
+    for key in ("forward", "forward_gptj", "pdl_max_pairs", "l2_keep_max_bytes"):
         assert committed[key] == sweep["calibration"][key], key
 
 
@@ -58,3 +60,22 @@ def test_partial_rotary_neox_reads_the_generic_table(pairs):
     for (style, rotary), table in expect.items():
         launch = dispatch.forward_launch(pairs, 128, None, H100, 2, style, rotary)
         assert launch.pairs_per_warp == dispatch.pick_from_thresholds(table, pairs), (style, rotary)
+
+
+def test_l2_limit_is_the_measured_cut_off():
+    """l2_keep_max_bytes is what benchmarks/calibrate.py derives from the policy's off/on timings (kept with the
+    128 class's sweep, which measured them), and the policy is on wherever it measured faster below it."""
+    sys.path.insert(0, str(RESULTS.parent))
+    try:
+        from calibrate import l2_limit_from
+    finally:
+        sys.path.remove(str(RESULTS.parent))
+    rows = json.loads(L2_SWEEP.read_text())["l2_policy"]
+    assert len(rows) == 32
+    limit = dispatch.load_calibration((9, 0))["l2_keep_max_bytes"]
+    assert l2_limit_from(rows) == limit
+    faster_within = [r for r in rows if r["output_bytes"] <= limit and r["on_us"] < r["off_us"]]
+    assert len(faster_within) >= 0.9 * len([r for r in rows if r["output_bytes"] <= limit])
+    assert l2_limit_from([dict(output_bytes=8, on_us=2.0, off_us=1.0)]) == 0  # never on where it only loses
+    win_then_lose = [dict(output_bytes=8, on_us=1.0, off_us=2.0), dict(output_bytes=32, on_us=2.0, off_us=1.0)]
+    assert l2_limit_from(win_then_lose) == 16  # the geometric mean of the last win and the first loss

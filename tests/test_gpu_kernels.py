@@ -1,6 +1,6 @@
 """Every CUDA kernel variant vs the reference, on the GPU: forced pairs-per-warp x head_dims (tuned,
 vectorised generic, narrow generic) x styles x partial rotary; token counts; unaligned packed heads;
-chains under CUDA-graph capture and programmatic dependent launch; 64-bit indexing."""
+chains under CUDA-graph capture and programmatic dependent launch; L2 cache policies; 64-bit indexing."""
 
 from __future__ import annotations
 
@@ -203,6 +203,39 @@ def test_persistent_forward_matches_reference(tokens, dtype, head_dim, n):
             assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
             expected = ref.fused_qkv(qkv, positions, 7, 3, w, w, **kw)
             assert_close(packed, expected.astype(dtype), dtype, f"packed N={n} {style}")
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_l2_policies_leave_results_unchanged(dtype, head_dim):
+    """The tuned forward's L2 cache hints change where lines live, never a value: every policy gives the
+    plain accesses' results bit for bit, and those match the reference. N = 1 moves 2- and 4-byte words
+    (64-dim heads), larger N 8- and 16-byte ones; the plain and persistent grids, the common-input and
+    any-input builds (a bf16 cache), and the packed layout's V copies (stored under the policy too)."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 5)
+    tokens = 1001
+    q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
+    k = random_heads(keys[1], (tokens,), 3, head_dim, dtype)
+    w = random_weight(keys[2], head_dim, dtype)
+    positions = random_positions(keys[3], (tokens,), 3000)
+    qkv = random_heads(keys[4], (tokens,), 13, head_dim, dtype).reshape(tokens, 13 * head_dim)
+    for choice, style, table in [(1, "neox", jnp.float32), (4, "gptj", jnp.float32), ("8p", "neox", jnp.float32),
+                                 (16, "gptj", jnp.bfloat16), ("16p", "neox", jnp.float32)]:
+        cache = qkr.rope_cos_sin_cache(3000, head_dim).astype(table)
+        kw = dict(style=style, cos_sin_cache=cache)
+        expected = ref.fused(q, k, positions, w, w, **kw)
+        results = {}
+        for policy in dispatch.L2_POLICIES.values():
+            with dispatch.override_choice(choice), dispatch.override_l2_policy(policy):
+                out = jax.jit(lambda q, k, p, kw=kw: qkr.fused(q, k, p, w, w, **kw))(q, k, positions)
+                packed = jax.jit(lambda x, p, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, w, **kw))(qkv, positions)
+            assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+            results[policy] = (*out, packed)
+            for a, e in zip(out, expected, strict=True):
+                assert_close(a, e.astype(dtype), dtype, f"N={choice} {style} policy {policy}")
+        for policy, arrays in results.items():
+            for a, b in zip(arrays, results[0], strict=True):
+                assert jnp.array_equal(a, b), f"N={choice} {style}: policy {policy} differs from plain accesses"
 
 
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 192, 256, 512))

@@ -45,6 +45,7 @@ def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
     assert attribute(text, "qkrope_fwd", "rotary_dim") == f"{d} : i64"
     assert attribute(text, "qkrope_fwd", "prefetch_pairs") == f"{expected.prefetch_pairs} : i64"
     assert attribute(text, "qkrope_fwd", "persistent") == str(expected.persistent).lower()
+    assert attribute(text, "qkrope_fwd", "l2_policy") == f"{expected.l2_policy} : i64"
     if facts is dispatch.UNKNOWN_GPU:  # the conservative default table
         assert expected.pairs_per_warp == dispatch.pick_from_thresholds(
             dispatch.DEFAULT_FORWARD_THRESHOLDS, tokens * (hq + hk))
@@ -66,6 +67,29 @@ def test_persistent_forward_comes_from_the_calibration_on_known_devices_only():
             assert launch(H100).persistent == enabled
             assert launch(dispatch.UNKNOWN_GPU).persistent is False
             assert launch(H100).ffi_attributes()["persistent"] is enabled
+
+
+def test_l2_policy_keeps_outputs_up_to_the_calibrated_size():
+    """keep_outputs where the output is at most the calibration's l2_keep_max_bytes; plain accesses past it,
+    on unknown devices, and where a calibration file has no such entry. An override wins."""
+    keep, plain = dispatch.L2_POLICIES["keep_outputs"], dispatch.L2_POLICIES["default"]
+    assert dispatch.l2_policy_for(1, {"l2_keep_max_bytes": 100}) == keep
+    assert dispatch.l2_policy_for(100, {"l2_keep_max_bytes": 100}) == keep
+    assert dispatch.l2_policy_for(101, {"l2_keep_max_bytes": 100}) == plain
+    assert dispatch.l2_policy_for(1, {}) == plain
+    assert dispatch.l2_policy_for(1, None) == plain
+    limit = dispatch.load_calibration((9, 0))["l2_keep_max_bytes"]
+    tokens_within = limit // (40 * 128 * 2)  # (32, 8, 128) bf16 heads: 10 KiB of output per token
+    launch = lambda tokens, facts=H100: dispatch.forward_launch(tokens * 40, 128, None, facts, 2)  # noqa: E731
+    assert launch(tokens_within).l2_policy == keep
+    assert launch(tokens_within + 1).l2_policy == plain
+    assert launch(tokens_within, dispatch.UNKNOWN_GPU).l2_policy == plain
+    with dispatch.override_l2_policy(plain):
+        assert launch(tokens_within).ffi_attributes()["l2_policy"] == plain
+    with dispatch.override_l2_policy(keep):
+        assert launch(tokens_within + 1).l2_policy == keep
+    with pytest.raises(ValueError, match="l2_policy"):
+        dispatch.override_l2_policy(7)
 
 
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():

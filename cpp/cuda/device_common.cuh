@@ -37,6 +37,8 @@ struct KernelArgs {
   bool weight_vec;  // both weights (where present) are 16-byte aligned
   bool pdl;        // wait for the previous kernel through programmatic dependent launch
   int32_t prefetch_pairs;  // see Launch::prefetch_pairs
+  int32_t l2_policy;       // see Launch::l2_policy
+  float l2_keep_fraction;  // L2Policy::kKeepOutputs: the share of the output's lines stored evict-last
 };
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -78,6 +80,90 @@ struct WordOf<2> {
   using type = uint16_t;
 };
 
+// The L2 cache policies of a kernel's head loads and stores (Launch::l2_policy), made once per thread.
+// createpolicy and the .L2::cache_hint qualifier exist from sm_80 on; older builds use plain accesses.
+struct HeadCachePolicy {
+  uint64_t load = 0, store = 0;
+
+  __device__ __forceinline__ HeadCachePolicy(int32_t mode, float keep_fraction) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint64_t normal, first, keep;
+    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(normal));
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(first));
+    asm("createpolicy.fractional.L2::evict_last.L2::evict_first.b64 %0, %1;" : "=l"(keep) : "f"(keep_fraction));
+    const bool keep_outputs = mode == static_cast<int32_t>(L2Policy::kKeepOutputs);
+    load = keep_outputs ? first : normal;
+    store = keep_outputs ? keep : normal;
+#else
+    (void)mode;
+    (void)keep_fraction;
+#endif
+  }
+};
+
+// One word loaded or stored with an L2 cache policy.
+template <typename Word>
+__device__ __forceinline__ Word load_with_policy(const Word* src, uint64_t policy);
+template <typename Word>
+__device__ __forceinline__ void store_with_policy(Word* dst, const Word& w, uint64_t policy);
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <>
+__device__ __forceinline__ uint4 load_with_policy<uint4>(const uint4* src, uint64_t policy) {
+  uint4 w;
+  asm volatile("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
+               : "l"(src), "l"(policy));
+  return w;
+}
+template <>
+__device__ __forceinline__ uint2 load_with_policy<uint2>(const uint2* src, uint64_t policy) {
+  uint2 w;
+  asm volatile("ld.global.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;" : "=r"(w.x), "=r"(w.y) : "l"(src), "l"(policy));
+  return w;
+}
+template <>
+__device__ __forceinline__ uint32_t load_with_policy<uint32_t>(const uint32_t* src, uint64_t policy) {
+  uint32_t w;
+  asm volatile("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(w) : "l"(src), "l"(policy));
+  return w;
+}
+template <>
+__device__ __forceinline__ uint16_t load_with_policy<uint16_t>(const uint16_t* src, uint64_t policy) {
+  uint16_t w;
+  asm volatile("ld.global.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(w) : "l"(src), "l"(policy));
+  return w;
+}
+template <>
+__device__ __forceinline__ void store_with_policy<uint4>(uint4* dst, const uint4& w, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(dst), "r"(w.x), "r"(w.y),
+               "r"(w.z), "r"(w.w), "l"(policy)
+               : "memory");
+}
+template <>
+__device__ __forceinline__ void store_with_policy<uint2>(uint2* dst, const uint2& w, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1, %2}, %3;" ::"l"(dst), "r"(w.x), "r"(w.y), "l"(policy)
+               : "memory");
+}
+template <>
+__device__ __forceinline__ void store_with_policy<uint32_t>(uint32_t* dst, const uint32_t& w, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.u32 [%0], %1, %2;" ::"l"(dst), "r"(w), "l"(policy) : "memory");
+}
+template <>
+__device__ __forceinline__ void store_with_policy<uint16_t>(uint16_t* dst, const uint16_t& w, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.u16 [%0], %1, %2;" ::"l"(dst), "h"(w), "l"(policy) : "memory");
+}
+#else
+template <typename Word>
+__device__ __forceinline__ Word load_with_policy(const Word* src, uint64_t) {
+  return *src;
+}
+template <typename Word>
+__device__ __forceinline__ void store_with_policy(Word* dst, const Word& w, uint64_t) {
+  *dst = w;
+}
+#endif
+
 // C consecutive elements of one head, moved as a single aligned word.
 template <typename T, int C>
 struct Chunk {
@@ -88,6 +174,12 @@ struct Chunk {
 
   __device__ __forceinline__ void load(const T* src) { word = *reinterpret_cast<const Word*>(src); }
   __device__ __forceinline__ void store(T* dst) const { *reinterpret_cast<Word*>(dst) = word; }
+  __device__ __forceinline__ void load(const T* src, uint64_t policy) {
+    word = load_with_policy(reinterpret_cast<const Word*>(src), policy);
+  }
+  __device__ __forceinline__ void store(T* dst, uint64_t policy) const {
+    store_with_policy(reinterpret_cast<Word*>(dst), word, policy);
+  }
   __device__ __forceinline__ void zero() { word = Word{}; }
   __device__ __forceinline__ float get(int i) const { return to_float(reinterpret_cast<const T*>(&word)[i]); }
   __device__ __forceinline__ void set(int i, float v) { reinterpret_cast<T*>(&word)[i] = from_float<T>(v); }

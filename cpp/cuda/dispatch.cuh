@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/device_common.cuh"
+#include "cuda/device_facts.cuh"
 #include "cuda/launch_kernel.cuh"
 #include "cuda/tuned_layout.cuh"
 
@@ -79,17 +80,6 @@ struct TunedChoice {
   size_t smem_per_warp;
   bool persistent = false;
 };
-
-// Blocks of `threads` threads of `kernel` (no dynamic shared memory) resident on the current device at once.
-template <typename Kernel>
-cudaError_t resident_blocks(Kernel kernel, int threads, int64_t* blocks) {
-  int device = 0, sms = 0, per_sm = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
-  *blocks = static_cast<int64_t>(sms) * per_sm;
-  return err;
-}
 
 // Blocks of a persistent grid for `tasks` tasks: no more warps than `resident_blocks` hold at once, and
 // every warp given the same number of tasks, or one fewer, so that none runs a round alone at the end.

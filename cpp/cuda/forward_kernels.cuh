@@ -69,15 +69,17 @@ struct PairSlots {
   }
 };
 
-// Normalises, scales, rotates and stores the I pairs of a lane group's slots (`at`, data `raw`). The angles
-// held (cs, sn) are those of token `angles_token`; a pair of another token loads its own. scale_at(i, s, j):
-// the weight scale of element j of chunk s of pair i. Every lane of the warp calls it (group sums).
+// Normalises, scales, rotates and stores the I pairs of a lane group's slots (`at`, data `raw`) under the
+// store policy of `cache`. The angles held (cs, sn) are those of token `angles_token`; a pair of another
+// token loads its own. scale_at(i, s, j): the weight scale of element j of chunk s of pair i. Every lane of
+// the warp calls it (group sums).
 template <typename T, typename Lay, Inputs In, Style S, typename Position, typename ScaleAt>
 __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const PairSlots<Lay::I>& at,
                                                     const Position (&position)[Lay::I],
                                                     const Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL], int gl,
                                                     float (&cs)[Lay::AS][Lay::NA], float (&sn)[Lay::AS][Lay::NA],
-                                                    int64_t& angles_token, ScaleAt scale_at) {
+                                                    int64_t& angles_token, const HeadCachePolicy& cache,
+                                                    ScaleAt scale_at) {
   constexpr int D = Lay::E * Lay::L, C = Lay::C, SL = Lay::SL;
   const Problem& p = a.p;
 #pragma unroll
@@ -101,7 +103,7 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
     T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
     if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
 #pragma unroll
-      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl));
+      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl), cache.store);
       continue;
     }
     const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
@@ -116,16 +118,17 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
       Chunk<T, C> out;
 #pragma unroll
       for (int j = 0; j < C; ++j) out.set(j, v[s][j]);
-      out.store(dst + Lay::chunk_start(s, gl));
+      out.store(dst + Lay::chunk_start(s, gl), cache.store);
     }
   }
 }
 
 // Issues the loads of a lane group's I pairs: positions first (the position -> cos/sin chain is the
-// longest), then the heads' chunks; pairs past the end read nothing and hold zeros.
+// longest), then the heads' chunks under the load policy of `cache`; pairs past the end read nothing and
+// hold zeros.
 template <typename T, typename Lay, typename Position>
 __device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSlots<Lay::I>& at, int gl,
-                                                  Position (&position)[Lay::I],
+                                                  const HeadCachePolicy& cache, Position (&position)[Lay::I],
                                                   Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL]) {
 #pragma unroll
   for (int i = 0; i < Lay::I; ++i) position[i].fetch(p, at.token[i], at.valid[i]);
@@ -135,7 +138,7 @@ __device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSl
 #pragma unroll
     for (int s = 0; s < Lay::SL; ++s) {
       if (at.valid[i]) {
-        raw[i][s].load(src + Lay::chunk_start(s, gl));
+        raw[i][s].load(src + Lay::chunk_start(s, gl), cache.load);
       } else {
         raw[i][s].zero();
       }
@@ -172,7 +175,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   using Position = std::conditional_t<In == Inputs::kCommon && kStaged, PositionWords, WidePosition>;
   Position position[I];
   Chunk<T, C> raw[I][SL];
-  fetch_tuned_pairs<T, Lay>(p, at, gl, position, raw);
+  const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
+  fetch_tuned_pairs<T, Lay>(p, at, gl, cache, position, raw);
   // One pair per lane group: its weights, converted at once (kept as raw words until used, they cost up
   // to 15% at N = 4 for 128-dim heads: more live registers). Staged: one 16-byte load per thread now,
   // stored to shared memory after the cos/sin loads are out.
@@ -202,7 +206,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       stage_scales<D>(p, &scale[0][0]);
     }
   }
-  forward_tuned_pairs<T, Lay, In, S>(a, at, position, raw, gl, cs, sn, angles_token, [&](int i, int s, int j) {
+  forward_tuned_pairs<T, Lay, In, S>(a, at, position, raw, gl, cs, sn, angles_token, cache, [&](int i, int s, int j) {
     if constexpr (kStaged) {
       return scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j];
     } else {
@@ -235,7 +239,8 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   wait_for_previous_kernel(a.pdl);
   PositionWords position[I];
   Chunk<T, C> raw[I][SL];
-  fetch_tuned_pairs<T, Lay>(p, at, gl, position, raw);
+  const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
+  fetch_tuned_pairs<T, Lay>(p, at, gl, cache, position, raw);
   StagedScales<T, D> staged;
   staged.fetch(p);
   RowPrefetch<PositionWords> ahead;
@@ -260,10 +265,10 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
     if (more) {
       PairSlots<I> next_at;  // located again below: fewer registers live across the arithmetic
       next_at.locate(p, next * N + grp, G, p.total_pairs());
-      fetch_tuned_pairs<T, Lay>(p, next_at, gl, next_position, next_raw);
+      fetch_tuned_pairs<T, Lay>(p, next_at, gl, cache, next_position, next_raw);
       if (a.prefetch_pairs > 0) next_ahead.begin(p, next * N + a.prefetch_pairs, N);
     }
-    forward_tuned_pairs<T, Lay, Inputs::kCommon, S>(a, at, position, raw, gl, cs, sn, angles_token, scale_at);
+    forward_tuned_pairs<T, Lay, Inputs::kCommon, S>(a, at, position, raw, gl, cs, sn, angles_token, cache, scale_at);
     if (!more) break;
     next_ahead.finish(p);
     task = next;

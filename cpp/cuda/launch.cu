@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/device_common.cuh"
+#include "cuda/device_facts.cuh"
 
 namespace qkrope::cuda {
 
@@ -29,12 +30,25 @@ namespace {
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+// L2Policy::kKeepOutputs: the share of the output's lines stored evict-last, as many as half the current
+// device's L2 holds (the rest of the L2 serves the inputs, the cos/sin rows and the other kernels).
+cudaError_t keep_fraction(const Problem& p, float* fraction) {
+  int l2_bytes = 0;
+  const cudaError_t err = cached_device_attribute(cudaDevAttrL2CacheSize, &l2_bytes);
+  const double out_bytes = static_cast<double>(p.total_pairs()) * p.head_dim * elem_bytes(p.dtype);
+  const double f = 0.5 * l2_bytes / out_bytes;  // out_bytes > 0: the forward returns early without pairs
+  *fraction = static_cast<float>(f < 1.0 / 64 ? 1.0 / 64 : (f > 1.0 ? 1.0 : f));
+  return err;
+}
+
 // Fills the flags the kernels branch on uniformly: 16-byte cos/sin runs and weights.
 KernelArgs make_args(const Problem& p, const Launch& launch) {
   KernelArgs a;
   a.p = p;
   a.pdl = launch.pdl;
   a.prefetch_pairs = launch.prefetch_pairs;
+  a.l2_policy = launch.l2_policy;
+  a.l2_keep_fraction = 1.0f;
   const int64_t table_elem = elem_bytes(p.table.dtype);
   const bool half_row_aligned = (static_cast<int64_t>(p.rotary_dim / 2) * table_elem) % 16 == 0;
   a.table_vec = aligned16(p.table.data) && (!p.table.is_cache || half_row_aligned);
@@ -46,7 +60,11 @@ KernelArgs make_args(const Problem& p, const Launch& launch) {
 
 cudaError_t forward(const Problem& p, const Launch& launch, cudaStream_t stream) {
   if (p.total_pairs() == 0) return cudaSuccess;
-  const KernelArgs args = make_args(p, launch);
+  KernelArgs args = make_args(p, launch);
+  if (launch.l2_policy == static_cast<int32_t>(L2Policy::kKeepOutputs)) {
+    const cudaError_t err = keep_fraction(p, &args.l2_keep_fraction);
+    if (err != cudaSuccess) return err;
+  }
   switch (p.dtype) {
     case ElemType::kF32:
       return launch_forward_typed<float>(args, launch, stream);
