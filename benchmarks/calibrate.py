@@ -235,8 +235,7 @@ def main() -> None:
                       + " ".join(f"{c}={v:8.2f}" for c, v in times.items()) + f"  -> {best}", flush=True)
             tables[style][cls] = thresholds_from(winners)
 
-    previous = dispatch.load_calibration((major, minor)) if partial else None
-    if previous is not None:  # merge the re-measured classes; keep the PDL decision
+    if partial and previous is not None:  # merge the re-measured classes; keep the PDL decision
         for style in STYLES:
             tables[style] = {**dispatch.forward_tables(previous, style), **tables[style]}
         pdl_max_pairs = int(previous.get("pdl_max_pairs", 0))

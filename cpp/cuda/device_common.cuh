@@ -185,6 +185,22 @@ struct Chunk {
   __device__ __forceinline__ void set(int i, float v) { reinterpret_cast<T*>(&word)[i] = from_float<T>(v); }
 };
 
+// The K chunks of a lane's share of one head as floats, and the sum of their squares (the lane's part of the
+// RMS norm).
+template <typename T, int K, int C>
+__device__ __forceinline__ float unpack_sum_of_squares(const Chunk<T, C> (&raw)[K], float (&v)[K][C]) {
+  float sumsq = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      v[k][j] = raw[k].get(j);
+      sumsq += v[k][j] * v[k][j];
+    }
+  }
+  return sumsq;
+}
+
 // Sum over the L lanes of an aligned lane group (L a power of two, <= 32). Every lane of the warp
 // must call it, active or not.
 template <int L>

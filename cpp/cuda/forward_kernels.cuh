@@ -89,16 +89,7 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
       angles_token = at.token[i];
     }
     float v[SL][C];
-    float sumsq = 0.0f;
-#pragma unroll
-    for (int s = 0; s < SL; ++s) {
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        v[s][j] = raw[i][s].get(j);
-        sumsq += v[s][j] * v[s][j];
-      }
-    }
-    sumsq = group_sum<Lay::L>(sumsq);  // every lane, valid or not
+    const float sumsq = group_sum<Lay::L>(unpack_sum_of_squares(raw[i], v));  // every lane, valid or not
     if (!at.valid[i]) continue;
     T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
     if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
@@ -217,7 +208,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
 }
 
 // forward_tuned for the common inputs with several pairs per lane group, on a grid of resident warps only
-// (forward_streaming_grid sizes it). Warp w of W handles tasks w, w + W, w + 2W, ... (a task: N consecutive
+// (streaming_blocks sizes it). Warp w of W handles tasks w, w + W, w + 2W, ... (a task: N consecutive
 // pairs). While it normalises and stores one task, the positions and heads of its next are in flight, so a
 // warp waiting on a cos/sin row or on its arithmetic still has bytes in flight; and the grid ends with
 // every warp on its last task instead of with a partial wave of blocks. Without enough tasks for a second
@@ -609,15 +600,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
       load_angles_at(angles_at, cs, sn);
     }
     float v[K][C];
-    float sumsq = 0.0f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        v[k][j] = raw[i][k].get(j);
-        sumsq += v[k][j] * v[k][j];
-      }
-    }
+    const float sumsq = unpack_sum_of_squares(raw[i], v);
     const float r = rsqrtf(group_sum_runtime(sumsq, lay.L) / static_cast<float>(p.head_dim) + p.eps);
     const float* w = scale + (g & 1) * p.head_dim;
 #pragma unroll
