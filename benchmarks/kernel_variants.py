@@ -11,7 +11,7 @@ persistent grid.
 --backward-heads takes Hq,Hk,D or Hq,Hk,D,R (rotary_dim R); --backward-launches N,warps,blocks_per_SM.
 --persistent times each forced N with the tuned forward's persistent grid off and on (same build), the
 forward timings alternating between the two so that drift between them cancels. --l2-policies does the
-same over the tuned forward's L2 policies (dispatch.L2_POLICIES), with or without --persistent.
+same over the forward's L2 policies (dispatch.L2_POLICIES), with or without --persistent.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--backward-only", action="store_true", help="skip the forward sweep")
     parser.add_argument("--forward-only", action="store_true", help="skip the backward sweep")
-    parser.add_argument("--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="Hq,Hk,D")
+    parser.add_argument("--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES],
+                        help="Hq,Hk,D or Hq,Hk,D,R (rotary_dim R)")
     parser.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS), help="forward token counts")
     parser.add_argument("--styles", nargs="+", default=["neox"], choices=("neox", "gptj"), help="forward styles")
     parser.add_argument("--choices", type=int, nargs="+", default=list(FORWARD_CHOICES), help="forward N")
@@ -70,10 +71,11 @@ def main() -> None:
     policies = tuple(args.l2_policies) if args.l2_policies else (None,)
     modes = [(grid, policy) for grid in grids for policy in policies]
     shapes = [tuple(int(v) for v in text.split(",")) for text in args.shapes]
-    for heads in () if args.backward_only else shapes:
+    for values in () if args.backward_only else shapes:
+        heads, rotary = values[:3], (values[3] if len(values) == 4 else None)
         for t in args.tokens:
             for style in args.styles:
-                case = Case(heads, t, style)
+                case = Case(heads, t, style, rotary_dim=rotary)
                 inputs = make_inputs(case)
                 bound = case.forward_bytes() / (copy * 1e3)
                 line = []
@@ -86,13 +88,14 @@ def main() -> None:
                     for mode in modes:
                         grid, policy = mode
                         us = statistics.median(rounds[mode])
-                        records.append(dict(kind="forward", heads=list(heads), T=t, style=style, N=n, persistent=grid,
+                        records.append(dict(kind="forward", heads=list(heads), rotary_dim=case.rotary, T=t, style=style,
+                                            N=n, persistent=grid,
                                             l2_policy=policy, us=us, rounds=rounds[mode], bound_us=bound,
                                             fraction=bound / us))
                         tag = f"{n}{'' if grid is None else 'p' if grid else 'b'}"
                         tag += "" if policy is None else f"/L{policy}"
                         line.append(f"{tag}={us:8.2f}({100 * bound / us:3.0f}%)")
-                print(f"fwd {heads} {style} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
+                print(f"fwd {values} {style} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
     launches = [tuple(int(v) for v in text.split(",")) for text in args.backward_launches]
     for spec in [] if args.forward_only else args.backward_heads:
         values = tuple(int(v) for v in spec.split(","))

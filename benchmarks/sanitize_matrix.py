@@ -1,7 +1,7 @@
 """A small, representative matrix of every kernel variant, forward and backward, for compute-sanitizer:
 styles x forced pairs-per-warp x head_dims (tuned, vectorised generic, narrow generic) x full and partial
 rotary x odd token counts, cache-free and with a float32 cache (the common-input builds), the forward's
-cos/sin prefetch, plus the packed layout with and without aliasing.
+cos/sin prefetch, both L2 policies of the tuned forward, plus the packed layout with and without aliasing.
 Checks results too.
 
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
@@ -113,7 +113,8 @@ def run_matrix() -> float:
             err = rel_outputs(out, ref.fused(q, k, p, **kw))
             worst = max(worst, checked(err, f"d={d} prefetch N={n} {style} rotary={rotary}"))
         # The tuned forward on its persistent grid, at the N whose bf16 build streams (two pairs per lane
-        # group): 4001 tokens of 10 heads give each warp several tasks, the next one's loads in flight.
+        # group): 4001 tokens of 10 heads give each warp several tasks, the next one's loads in flight. Both
+        # L2 policies on it and on the plain grid (the dispatch picks keep_outputs for every call above).
         if d in (64, 128, 256):
             q = jax.random.normal(jax.random.PRNGKey(d + 13), (4001, 7, d), jnp.bfloat16)
             k = jax.random.normal(jax.random.PRNGKey(d + 14), (4001, 3, d), jnp.bfloat16)
@@ -121,10 +122,12 @@ def run_matrix() -> float:
             w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 16), (d,))).astype(jnp.bfloat16)
             for style in ("neox", "gptj"):
                 kw = dict(style=style, cos_sin_cache=qkr.rope_cos_sin_cache(100, d))
-                with dispatch.override_choice(f"{1024 // d}p"):
-                    out = jax.jit(lambda q, k, p, w, kw=kw: qkr.fused(q, k, p, w, w, **kw))(q, k, p, w)
-                err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
-                worst = max(worst, checked(err, f"persistent d={d} N={1024 // d} {style}"))
+                for choice in (8, f"{1024 // d}p"):
+                    for policy in dispatch.L2_POLICIES.values():
+                        with dispatch.override_choice(choice), dispatch.override_l2_policy(policy):
+                            out = jax.jit(lambda q, k, p, w, kw=kw: qkr.fused(q, k, p, w, w, **kw))(q, k, p, w)
+                        err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
+                        worst = max(worst, checked(err, f"tuned d={d} N={choice} l2_policy={policy} {style}"))
         # The backward on one 1-warp block per SM, so each warp runs several tasks: the generic kernel
         # copies a task's data into shared memory while it computes the one before.
         q = jax.random.normal(jax.random.PRNGKey(d + 9), (601, 5, d), jnp.bfloat16)

@@ -66,7 +66,7 @@ class Launch:
     pdl: bool = False
     prefetch_pairs: int = 0  # 0: off
     persistent: bool = False  # tuned forward: resident warps loop over their tasks (forward_streaming_kernel)
-    l2_policy: int = 0  # tuned forward: L2 eviction priorities of its head traffic (L2_POLICIES)
+    l2_policy: int = 0  # forward: L2 eviction priorities of its head traffic (L2_POLICIES)
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
@@ -74,11 +74,12 @@ class Launch:
                     l2_policy=int(self.l2_policy))
 
 
-# Launch.l2_policy values (the C++ L2Policy). keep_outputs: the tuned forward reads the heads evict-first (the
-# op's inputs are dead once read) and stores them evict-last (they are read next, by attention or the next
-# call), on as many of the output's lines as half the L2 holds. On where the output is at most the
-# calibration's l2_keep_max_bytes (H100: up to 18% faster, median 10%, for outputs of 8-40 MiB; 2-5% slower
-# from 144 MiB: BENCHMARKS.md, session 17).
+# Launch.l2_policy values (the C++ L2Policy). keep_outputs: the forward (tuned and generic kernels) reads the
+# heads evict-first (the op's inputs are dead once read) and stores them evict-last (they are read next, by
+# attention or the next call), on as many of the output's lines as half the L2 holds. On where the output is
+# at most the calibration's l2_keep_max_bytes (H100, tuned: up to 18% faster, median 10%, for outputs of
+# 8-40 MiB; 2-5% slower from 144 MiB: BENCHMARKS.md, session 17; generic: 8-15% faster at 25-40 MiB,
+# session 18). The backward keeps plain accesses.
 L2_POLICIES = {"default": 0, "keep_outputs": 1}
 
 
@@ -147,7 +148,7 @@ def override_persistent(enabled: bool) -> contextlib.AbstractContextManager[None
 
 
 def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
-    """Force the tuned forward's L2 policy (a value of L2_POLICIES) for the calls lowered inside (A/B)."""
+    """Force the forward's L2 policy (a value of L2_POLICIES) for the calls lowered inside (A/B)."""
     if policy not in L2_POLICIES.values():
         raise ValueError(f"l2_policy must be one of {sorted(L2_POLICIES.values())}, got {policy!r}")
     return _pushed(_l2_policy_override, policy)

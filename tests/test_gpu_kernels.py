@@ -205,6 +205,35 @@ def test_persistent_forward_matches_reference(tokens, dtype, head_dim, n):
             assert_close(packed, expected.astype(dtype), dtype, f"packed N={n} {style}")
 
 
+def l2_policy_inputs(seed: int, head_dim: int, dtype) -> tuple:
+    """q (7 heads), k (3), a weight, positions and a packed qkv of 13 heads, for 1001 tokens."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+    tokens = 1001
+    return (random_heads(keys[0], (tokens,), 7, head_dim, dtype), random_heads(keys[1], (tokens,), 3, head_dim, dtype),
+            random_weight(keys[2], head_dim, dtype), random_positions(keys[3], (tokens,), 3000),
+            random_heads(keys[4], (tokens,), 13, head_dim, dtype).reshape(tokens, 13 * head_dim))
+
+
+def assert_l2_policies_agree(inputs: tuple, choice: int | str, kw: dict, dtype, label: str) -> None:
+    """Each L2 policy forced in turn on fused and fused_qkv at N = choice: results match the reference and
+    are bit for bit those of plain accesses (policy 0), and the packed V passes through untouched."""
+    q, k, w, positions, qkv = inputs
+    head_dim = q.shape[-1]
+    expected = ref.fused(q, k, positions, w, w, **kw)
+    results = {}
+    for policy in dispatch.L2_POLICIES.values():
+        with dispatch.override_choice(choice), dispatch.override_l2_policy(policy):
+            out = jax.jit(lambda q, k, p: qkr.fused(q, k, p, w, w, **kw))(q, k, positions)
+            packed = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 7, 3, w, w, **kw))(qkv, positions)
+        assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+        results[policy] = (*out, packed)
+        for a, e in zip(out, expected, strict=True):
+            assert_close(a, e.astype(dtype), dtype, f"{label} policy {policy}")
+    for policy, arrays in results.items():
+        for a, b in zip(arrays, results[0], strict=True):
+            assert jnp.array_equal(a, b), f"{label}: policy {policy} differs from plain accesses"
+
+
 @pytest.mark.parametrize("head_dim", (64, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_l2_policies_leave_results_unchanged(dtype, head_dim):
@@ -212,30 +241,25 @@ def test_l2_policies_leave_results_unchanged(dtype, head_dim):
     plain accesses' results bit for bit, and those match the reference. N = 1 moves 2- and 4-byte words
     (64-dim heads), larger N 8- and 16-byte ones; the plain and persistent grids, the common-input and
     any-input builds (a bf16 cache), and the packed layout's V copies (stored under the policy too)."""
-    keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 5)
-    tokens = 1001
-    q = random_heads(keys[0], (tokens,), 7, head_dim, dtype)
-    k = random_heads(keys[1], (tokens,), 3, head_dim, dtype)
-    w = random_weight(keys[2], head_dim, dtype)
-    positions = random_positions(keys[3], (tokens,), 3000)
-    qkv = random_heads(keys[4], (tokens,), 13, head_dim, dtype).reshape(tokens, 13 * head_dim)
+    inputs = l2_policy_inputs(head_dim + 7, head_dim, dtype)
     for choice, style, table in [(1, "neox", jnp.float32), (4, "gptj", jnp.float32), ("8p", "neox", jnp.float32),
                                  (16, "gptj", jnp.bfloat16), ("16p", "neox", jnp.float32)]:
-        cache = qkr.rope_cos_sin_cache(3000, head_dim).astype(table)
-        kw = dict(style=style, cos_sin_cache=cache)
-        expected = ref.fused(q, k, positions, w, w, **kw)
-        results = {}
-        for policy in dispatch.L2_POLICIES.values():
-            with dispatch.override_choice(choice), dispatch.override_l2_policy(policy):
-                out = jax.jit(lambda q, k, p, kw=kw: qkr.fused(q, k, p, w, w, **kw))(q, k, positions)
-                packed = jax.jit(lambda x, p, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, w, **kw))(qkv, positions)
-            assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
-            results[policy] = (*out, packed)
-            for a, e in zip(out, expected, strict=True):
-                assert_close(a, e.astype(dtype), dtype, f"N={choice} {style} policy {policy}")
-        for policy, arrays in results.items():
-            for a, b in zip(arrays, results[0], strict=True):
-                assert jnp.array_equal(a, b), f"N={choice} {style}: policy {policy} differs from plain accesses"
+        kw = dict(style=style, cos_sin_cache=qkr.rope_cos_sin_cache(3000, head_dim).astype(table))
+        assert_l2_policies_agree(inputs, choice, kw, dtype, f"N={choice} {style}")
+
+
+@pytest.mark.parametrize("head_dim", (66, 80, 128, 192, 512))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_l2_policies_leave_generic_results_unchanged(dtype, head_dim):
+    """The generic forward (built with and without the hints, one picked per launch), likewise. Its chunks
+    run from 4-byte words (66 at bf16/f16) to 16-byte ones; 128-dim heads reach it through neox with partial
+    rotary (the paired and shared-memory layouts), the others at full rotary too."""
+    inputs = l2_policy_inputs(head_dim + 11, head_dim, dtype)
+    rotaries = [r for r in (head_dim, head_dim // 4 * 2, head_dim // 4 * 2 - 2) if head_dim != 128 or r < head_dim]
+    for choice, style, rotary in [(n, s, r) for n in (1, 16) for s in ("neox", "gptj") for r in rotaries
+                                  if s == "neox" or head_dim != 128]:
+        kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=qkr.rope_cos_sin_cache(3000, rotary))
+        assert_l2_policies_agree(inputs, choice, kw, dtype, f"N={choice} {style} rotary={rotary}")
 
 
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 192, 256, 512))

@@ -76,13 +76,13 @@ struct Launch {
   // Tuned forward for the common inputs with two pairs per lane group: a grid of resident warps looping
   // over their tasks, the next one's loads in flight while the current one computes. Others ignore it.
   bool persistent = false;
-  // The tuned forward's L2 policy for its head traffic (an L2Policy value; the other kernels ignore it).
+  // The forward kernels' L2 policy for their head traffic (an L2Policy value; the backward ignores it).
   int32_t l2_policy = 0;
 };
 
 // Values of Launch::l2_policy.
 enum class L2Policy : int32_t {
-  kDefault = 0,  // plain loads and stores
+  kDefault = 0,  // no eviction priorities (the tuned kernels issue evict_normal hints, the others plain accesses)
   // The op's inputs are dead once read and its outputs are read next (attention, or the next call of a
   // chain): the heads are read evict-first and stored evict-last, the latter on as many of the output's
   // lines as half the L2 holds (all of them for a small output), the rest evict-first. Pays while the

@@ -82,8 +82,12 @@ struct WordOf<2> {
 
 // The L2 cache policies of a kernel's head loads and stores (Launch::l2_policy), made once per thread.
 // createpolicy and the .L2::cache_hint qualifier exist from sm_80 on; older builds use plain accesses.
+// `hinted`: kKeepOutputs on such a build. The tuned kernels always pass the hints (evict_normal for
+// kDefault): branching on `hinted` per access cost them 2-9 registers and spills in five builds. The generic
+// forward is built both ways and picks one per launch (forward_generic_kernel).
 struct HeadCachePolicy {
   uint64_t load = 0, store = 0;
+  bool hinted = false;
 
   __device__ __forceinline__ HeadCachePolicy(int32_t mode, float keep_fraction) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -94,6 +98,7 @@ struct HeadCachePolicy {
     const bool keep_outputs = mode == static_cast<int32_t>(L2Policy::kKeepOutputs);
     load = keep_outputs ? first : normal;
     store = keep_outputs ? keep : normal;
+    hinted = keep_outputs;
 #else
     (void)mode;
     (void)keep_fraction;

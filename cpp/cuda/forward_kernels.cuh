@@ -531,10 +531,11 @@ constexpr int kGenericMinBlocks = S == Style::kNeox && !Paired ? 1 : 2;
 // 14-43% of copy bandwidth (results/run11_generic). Paired (neox only): PairedLayout instead of
 // GenericLayout. In: Inputs::kCommon (common_table_and_weights) with Paired, or for gptj with rotary_dim a
 // multiple of C (load_generic_angles). Like the tuned kernels, a warp warms the cos/sin rows of the tokens
-// a wave ahead in L2 (RowPrefetch, a.prefetch_pairs).
-template <typename T, int C, Style S, bool Paired = false, Inputs In = Inputs::kAny>
-__global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
-    forward_generic_kernel(const KernelArgs a, int rounds, int lanes_per_head) {
+// a wave ahead in L2 (RowPrefetch, a.prefetch_pairs). Hinted: the heads move under `cache`'s L2 hints
+// (the launch's L2 policy), else with plain accesses.
+template <typename T, int C, Style S, bool Paired, Inputs In, bool Hinted>
+__device__ __forceinline__ void forward_generic_pairs(const KernelArgs& a, int rounds, int lanes_per_head,
+                                                      const HeadCachePolicy& cache) {
   constexpr int K = kMaxHeadDim / (kWarp * C);  // chunk slots per lane (enough for L = 32)
   constexpr int R = kGenericRounds<T>;
   constexpr int KA = Paired ? K / 2 : K;  // runs of C angles a lane holds
@@ -558,6 +559,20 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
 
   PairSlots<R> at;
   at.locate(p, first + lay.grp, lay.G, end);  // slots at or past `rounds` are past `end`: invalid
+  const auto load_chunk = [&](Chunk<T, C>& chunk, const T* src) {
+    if constexpr (Hinted) {
+      chunk.load(src, cache.load);
+    } else {
+      chunk.load(src);
+    }
+  };
+  const auto store_chunk = [&](const Chunk<T, C>& chunk, T* dst) {
+    if constexpr (Hinted) {
+      chunk.store(dst, cache.store);
+    } else {
+      chunk.store(dst);
+    }
+  };
   wait_for_previous_kernel(a.pdl);
   WidePosition position[R];
 #pragma unroll
@@ -569,7 +584,7 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (at.valid[i] && lay.has(k)) {
-        raw[i][k].load(src + lay.chunk(k) * C);
+        load_chunk(raw[i][k], src + lay.chunk(k) * C);
       } else {
         raw[i][k].zero();
       }
@@ -622,14 +637,28 @@ __global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
     for (int k = 0; k < K; ++k) {
       if (!lay.has(k)) continue;
       if (g == 2) {  // V of an unaliased packed qkv: copy
-        raw[i][k].store(dst + lay.chunk(k) * C);
+        store_chunk(raw[i][k], dst + lay.chunk(k) * C);
         continue;
       }
       Chunk<T, C> out;
 #pragma unroll
       for (int j = 0; j < C; ++j) out.set(j, v[k][j]);
-      out.store(dst + lay.chunk(k) * C);
+      store_chunk(out, dst + lay.chunk(k) * C);
     }
+  }
+}
+
+// The generic forward, built with and without the L2 hints: a branch on the policy at each access split
+// the lanes' batch of loads and cost 2-8% at T >= 16384, the evict_normal hint in place of plain accesses
+// 1-3% (results/run16_generic_l2).
+template <typename T, int C, Style S, bool Paired = false, Inputs In = Inputs::kAny>
+__global__ void __launch_bounds__(kMaxThreads, kGenericMinBlocks<S, Paired>)
+    forward_generic_kernel(const KernelArgs a, int rounds, int lanes_per_head) {
+  const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
+  if (cache.hinted) {
+    forward_generic_pairs<T, C, S, Paired, In, true>(a, rounds, lanes_per_head, cache);
+  } else {
+    forward_generic_pairs<T, C, S, Paired, In, false>(a, rounds, lanes_per_head, cache);
   }
 }
 
