@@ -83,8 +83,8 @@ struct WordOf<2> {
 // The L2 cache policies of a kernel's head loads and stores (Launch::l2_policy), made once per thread.
 // createpolicy and the .L2::cache_hint qualifier exist from sm_80 on; older builds use plain accesses.
 // `hinted`: kKeepOutputs on such a build. The tuned kernels always pass the hints (evict_normal for
-// kDefault): branching on `hinted` per access cost them 2-9 registers and spills in five builds. The generic
-// forward is built both ways and picks one per launch (forward_generic_kernel).
+// kDefault): branching on `hinted` per access moved their registers by -6 to +9 and made seven bf16/f16
+// builds spill. The generic forward is built both ways and picks one per launch (forward_generic_kernel).
 struct HeadCachePolicy {
   uint64_t load = 0, store = 0;
   bool hinted = false;
