@@ -1,7 +1,8 @@
 """Calibrates the forward kernel's pairs-per-warp heuristic on the current GPU.
 
-For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80; the generic table
-also serves partial-rotary neox at any head_dim, dispatch.head_dim_class) and a ladder
+For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80; the tuned tables
+also serve partial-rotary neox with a rotary half of whole 16-byte chunks, the generic table the other
+partial-rotary neox, dispatch.forward_class) and a ladder
 of token counts, times every forced N in {1, 2, 4, 8, 16} and, for the tuned classes, N = 4, 8, 16 on the
 persistent grid ("4p", ...: dispatch.parse_choice; a no-op where that N's build does not stream), keeps the
 fastest, turns the winners into thresholds on the pair count, and writes

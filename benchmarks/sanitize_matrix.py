@@ -1,8 +1,8 @@
 """A small, representative matrix of every kernel variant, forward and backward, for compute-sanitizer:
 styles x forced pairs-per-warp x head_dims (tuned, vectorised generic, narrow generic) x full and partial
-rotary x odd token counts, cache-free and with a float32 cache (the common-input builds), the forward's
-cos/sin prefetch, both L2 policies of the tuned forward, plus the packed layout with and without aliasing.
-Checks results too.
+rotary (at 64/128/256, neox's tuned partial layout) x odd token counts, cache-free and with a float32 cache
+(the common-input builds), the forward's cos/sin prefetch, both L2 policies of the tuned forward, plus the
+packed layout with and without aliasing. Checks results too.
 
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
 """
@@ -71,8 +71,8 @@ def run_matrix() -> float:
                 assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
                 worst = max(worst, checked(rel_outputs(out, expected), f"d={d} t={t} N={n} {s} rotary={r}"))
         # With a float32 cos/sin cache and weights of q's dtype: the kernels built for the common inputs
-        # (tuned with full rotary, the generic forward's PairedLayout and gptj runs), which the cache-free runs
-        # above miss.
+        # (tuned with full rotary and, for 64/128/256, the tuned forward's partial-rotary neox layout; the
+        # generic forward's PairedLayout and gptj runs), which the cache-free runs above miss.
         q = jax.random.normal(jax.random.PRNGKey(d + 5), (17, 5, d), jnp.bfloat16)
         k = jax.random.normal(jax.random.PRNGKey(d + 6), (17, 2, d), jnp.bfloat16)
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
@@ -92,7 +92,7 @@ def run_matrix() -> float:
                 err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
                 worst = max(worst, checked(err, f"cached d={d} N={n} {style} rotary={rotary}"))
         # 16 pairs per warp (an auto-dispatch choice), every head_dim: the generic kernels map it to their
-        # most pairs per lane; partial rotary runs them for neox at any head_dim.
+        # most pairs per lane; partial-rotary neox runs the tuned forward's partial layout at 64/128/256.
         q = jax.random.normal(jax.random.PRNGKey(d), (33, 5, d), jnp.bfloat16)
         k = jax.random.normal(jax.random.PRNGKey(d + 1), (33, 2, d), jnp.bfloat16)
         p = jnp.arange(33, dtype=jnp.int32)

@@ -189,9 +189,26 @@ def load_calibration(compute_capability: tuple[int, int] | None) -> dict | None:
     return json.loads(path.read_text())
 
 
-def head_dim_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None) -> str:
-    """The calibration table a problem reads: its kernel's. neox with a rotary_dim below head_dim runs the
-    generic kernels (the tuned ones keep each rotate-half pair in one lane, which needs full rotary)."""
+def tuned_partial_neox(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:
+    """neox with rotary_dim < head_dim that the tuned forward serves (the launcher's tuned_partial_neox): a
+    tuned head_dim and a rotary half of whole 16-byte chunks, so that a lane holds both halves of its
+    rotate-half pairs. The buffers must be 16-byte aligned too, as XLA allocates them."""
+    return (head_dim in TUNED_HEAD_DIMS and style == "neox" and rotary_dim is not None and rotary_dim < head_dim
+            and (rotary_dim // 2) % (16 // itemsize) == 0)
+
+
+def forward_class(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> str:
+    """The calibration table a forward problem reads: its kernel's. The tuned kernels serve 64/128/256 at full
+    rotary, gptj at any rotary_dim and neox where tuned_partial_neox; the generic ones the rest."""
+    partial_neox = style == "neox" and rotary_dim is not None and rotary_dim < head_dim
+    tuned = head_dim in TUNED_HEAD_DIMS and (not partial_neox or tuned_partial_neox(head_dim, style, rotary_dim,
+                                                                                      itemsize))
+    return str(head_dim) if tuned else "generic"
+
+
+def backward_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None) -> str:
+    """The kernel class of a backward problem: the tuned backward keeps each rotate-half pair in one lane at
+    full rotary only, so partial-rotary neox runs the generic one."""
     partial_neox = style == "neox" and rotary_dim is not None and rotary_dim < head_dim
     return str(head_dim) if head_dim in TUNED_HEAD_DIMS and not partial_neox else "generic"
 
@@ -242,7 +259,8 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     thresholds = DEFAULT_FORWARD_THRESHOLDS
     pdl_max_pairs = 0
     if calibration is not None:
-        thresholds = forward_tables(calibration, style).get(head_dim_class(head_dim, style, rotary_dim), thresholds)
+        thresholds = forward_tables(calibration, style).get(forward_class(head_dim, style, rotary_dim, itemsize),
+                                                             thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
     persistent = False  # a forced N runs the plain grid
     if forced is not None:
@@ -283,10 +301,10 @@ def backward_launch(
 ) -> tuple[Launch, int]:
     """(launch, blocks_per_example) of the backward kernel: a persistent grid of a few blocks per SM,
     split evenly among the examples. The block count fixes the weight-gradient reduction order. The grid
-    is that of the kernel the problem runs (head_dim_class): partial-rotary neox runs the generic one."""
+    is that of the kernel the problem runs (backward_class): partial-rotary neox runs the generic one."""
     if platform != "cuda":
         return Launch(1, 1), 1
-    if head_dim_class(head_dim, style, rotary_dim) != "generic":
+    if backward_class(head_dim, style, rotary_dim) != "generic":
         n, warps, blocks_per_sm = BACKWARD_LAUNCH[head_dim]
     elif generic_backward_is_wide(head_dim, style, rotary_dim, itemsize):
         n, warps, blocks_per_sm = BACKWARD_GENERIC_LAUNCH

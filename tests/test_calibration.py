@@ -49,17 +49,30 @@ def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
 
 
 @pytest.mark.parametrize("pairs", [40, 40 * 1024, 40 * 16384])
-def test_partial_rotary_neox_reads_the_generic_table(pairs):
-    """neox with rotary_dim < head_dim runs the generic kernels (the tuned ones need full rotary for neox),
-    so its N comes from their table; gptj keeps the tuned kernel and its table."""
+def test_partial_rotary_neox_reads_its_kernels_table(pairs):
+    """neox with rotary_dim < head_dim runs the tuned forward where the rotary half is whole 16-byte chunks
+    (rotary_dim 64 or 16 of 128 in bf16, 8 in f32) and reads its table; otherwise the generic kernels and
+    theirs (rotary_dim 40 or 8 in bf16: halves of 20 and 4 elements). gptj keeps the tuned kernel at any rotary_dim."""
     tables = {style: dispatch.forward_tables(dispatch.load_calibration((9, 0)), style) for style in ("neox", "gptj")}
     expect = {
-        ("neox", 128): tables["neox"]["128"], ("neox", 64): tables["neox"]["generic"],
-        ("gptj", 128): tables["gptj"]["128"], ("gptj", 64): tables["gptj"]["128"],
+        ("neox", 128, 2): tables["neox"]["128"], ("neox", 64, 2): tables["neox"]["128"],
+        ("neox", 16, 2): tables["neox"]["128"], ("neox", 8, 4): tables["neox"]["128"],
+        ("neox", 40, 2): tables["neox"]["generic"], ("neox", 8, 2): tables["neox"]["generic"],
+        ("gptj", 128, 2): tables["gptj"]["128"], ("gptj", 40, 2): tables["gptj"]["128"],
     }
-    for (style, rotary), table in expect.items():
-        launch = dispatch.forward_launch(pairs, 128, None, H100, 2, style, rotary)
-        assert launch.pairs_per_warp == dispatch.pick_from_thresholds(table, pairs), (style, rotary)
+    for (style, rotary, itemsize), table in expect.items():
+        launch = dispatch.forward_launch(pairs, 128, None, H100, itemsize, style, rotary)
+        assert launch.pairs_per_warp == dispatch.pick_from_thresholds(table, pairs), (style, rotary, itemsize)
+
+
+def test_partial_rotary_neox_backward_runs_the_generic_grid():
+    """The backward has no partial layout: partial-rotary neox takes the generic backward's grid at any
+    rotary_dim, full rotary the tuned one's."""
+    tuned = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda", "neox", 128)[0]
+    assert (tuned.pairs_per_warp, tuned.warps_per_block) == dispatch.BACKWARD_LAUNCH[128][:2]
+    for rotary in (64, 40):
+        launch = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda", "neox", rotary)[0]
+        assert (launch.pairs_per_warp, launch.warps_per_block) == dispatch.BACKWARD_GENERIC_LAUNCH[:2], rotary
 
 
 def test_l2_limit_is_the_measured_cut_off():

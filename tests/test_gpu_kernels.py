@@ -265,10 +265,10 @@ def test_l2_policies_leave_generic_results_unchanged(dtype, head_dim):
 @pytest.mark.parametrize("head_dim", (64, 80, 128, 192, 256, 512))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_sixteen_pairs_per_warp(dtype, head_dim):
-    """16 pairs per warp (an auto-dispatch choice), every style, odd sizes, GQA, partial rotary (gptj stays
-    on the tuned kernel; neox falls back), caches of every dtype, and packed V copies. The generic kernels
-    (80, 192, 512, partial neox) map 16 to at most kGenericRounds pairs per lane group: 4 groups of 4 rounds
-    for 80, 2 of 4 for 192 (bf16), one group for 512."""
+    """16 pairs per warp (an auto-dispatch choice), every style, odd sizes, GQA, partial rotary (half the
+    head: the tuned kernels' partial layout for neox at 64/128/256), caches of every dtype, and packed V
+    copies. The generic kernels (80, 192, 512) map 16 to at most kGenericRounds pairs per lane group: 4
+    groups of 4 rounds for 80, 2 of 4 for 192 (bf16), one group for 512."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 1), 5)
     variants = [(t, s, r, c) for t in (1, 3, 1001) for s in ("neox", "gptj") for r in (head_dim, head_dim // 2)
                 for c in (None, jnp.float32, jnp.bfloat16)]
@@ -293,6 +293,57 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
         ours = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 6, 2, w, w))(qkv, positions)
         assert jnp.array_equal(ours[:, 8 * head_dim :], qkv[:, 8 * head_dim :])
         assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "16 pairs packed")
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_tuned_partial_rotary_neox(dtype, head_dim):
+    """neox with rotary_dim < head_dim and a rotary half of whole 16-byte chunks runs the tuned forward in its
+    partial layout (lane gl < H holds chunks gl and gl + H, the others two pass-through chunks): the smallest
+    such half, half the head and all but one chunk pair, at every N (16 on 1001 tokens: several blocks, a
+    partial last warp), for the common inputs (f32 cache, weights of q's dtype or missing) and any others
+    (a bf16 cache with an f32 weight, cache-free), GQA, and packed qkv with V copied bit for bit."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 8)
+    vec = 16 // jnp.dtype(dtype).itemsize
+    rotaries = (2 * vec, head_dim // 2, head_dim - 2 * vec)
+    w, w32 = random_weight(keys[0], head_dim, dtype), random_weight(keys[1], head_dim)
+    cases = {  # name: (q_weight, k_weight, cache dtype or None for cache-free, weight_offset)
+        "common": (w, w, jnp.float32, 0.0),
+        "common, k weight missing, offset": (w, None, jnp.float32, 1.0),
+        "bf16 cache, f32 weight": (w, w32, jnp.bfloat16, 0.0),
+        "cache-free": (w, w, None, 0.0),
+    }
+
+    def heads(tokens):
+        return (random_heads(keys[2], tokens, 6, head_dim, dtype), random_heads(keys[3], tokens, 3, head_dim, dtype),
+                random_positions(keys[4], tokens, 3000))
+
+    def variants(ns):
+        return [(n, r, c) for n in ns for r in rotaries for c in cases]
+
+    def call(q, k, positions, n, rotary, case):
+        wq, wk, cache_dtype, offset = cases[case]
+        cache = None if cache_dtype is None else qkr.rope_cos_sin_cache(3000, rotary, dtype=cache_dtype)
+        kw = dict(style="neox", rotary_dim=rotary, cos_sin_cache=cache, weight_offset=offset)
+        ours = qkr.fused(q, k, positions, wq, wk, token_heads_per_warp=n, **kw)
+        return ours, ref.fused(q, k, positions, wq, wk, **kw)
+
+    for tokens, ns in (((37,), (1, 2, 4, 8)), ((1001,), (None,))):
+        q, k, positions = heads(tokens)
+        run = jax.jit(lambda q, k, positions, ns=ns: [call(q, k, positions, *v) for v in variants(ns)])
+        with dispatch.override_choice(16) if ns == (None,) else contextlib.nullcontext():
+            results = run(q, k, positions)
+        for variant, (ours, expected) in zip(variants(ns), results, strict=True):
+            for a, e in zip(ours, expected, strict=True):
+                n, rotary, case = variant
+                assert_close(a, e.astype(dtype), dtype, f"{tokens} N={n or 16} rotary={rotary} {case}")
+    qkv = random_heads(keys[5], (999,), 6 + 2 * 2, head_dim, dtype).reshape(999, -1)
+    positions = random_positions(keys[6], (999,), 3000)
+    packed = dict(rotary_dim=head_dim // 2, token_heads_per_warp=8)
+    ours = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 6, 2, w, w, **packed))(qkv, positions)
+    assert jnp.array_equal(ours[:, 8 * head_dim :], qkv[:, 8 * head_dim :])
+    expected = ref.fused_qkv(qkv, positions, 6, 2, w, w, rotary_dim=head_dim // 2)
+    assert_close(ours, expected.astype(dtype), dtype, "packed qkv")
 
 
 # (head_dim, rotary_dim): the tuned kernels, then the generic ones: neox partners in one lane (80, and 128

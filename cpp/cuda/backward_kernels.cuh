@@ -81,7 +81,8 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       if (at.valid[i] && at.token[i] != angles_token) {
-        load_tuned_angles<Lay, In>(a, load_position(p, at.token[i]), gl, cs, sn);
+        const TunedLane<Lay, false> lane(gl, p.rotary_dim);
+        load_tuned_angles<Lay, In>(a, load_position(p, at.token[i]), lane, cs, sn);
         angles_token = at.token[i];
       }
       float x[SL][C], g[SL][C];

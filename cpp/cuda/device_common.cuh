@@ -410,6 +410,16 @@ class StagedScales {
   Chunk<T, kVec> word_[kPerThread];
 };
 
+// The identity rotation (cos 1, sin 0) for a run of C elements that no angle reaches.
+template <int C>
+__device__ __forceinline__ void identity_angles(float (&c)[C], float (&s)[C]) {
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    c[j] = 1.0f;
+    s[j] = 0.0f;
+  }
+}
+
 // cos/sin of K consecutive rotary pairs [first, first + K) of one token. Pairs at or past rotary_dim / 2
 // get the identity rotation (cos 1, sin 0), which leaves the pass-through dims unchanged.
 template <int K, Inputs In = Inputs::kAny>

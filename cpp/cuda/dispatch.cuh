@@ -43,18 +43,31 @@ bool common_table_and_weights(const KernelArgs& a) {
          weight_ok(1);
 }
 
-// The inputs Inputs::kCommon assumes for the tuned kernels: checked here, per call. Their runs of angles
-// stay inside the rotary half only with full rotary.
-template <typename T>
-bool common_inputs(const KernelArgs& a) {
-  return common_table_and_weights<T>(a) && a.p.rotary_dim == a.p.head_dim;
-}
+inline bool tuned_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
-// The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox.
+// The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox (the forward
+// also takes partial rotary: tuned_partial_neox).
 template <typename T>
 bool use_tuned(const Problem& p) {
-  const bool shape = p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256;
-  return shape && (p.style == Style::kGptj || p.rotary_dim == p.head_dim) && heads_aligned<T>(p, 16);
+  return tuned_head_dim(p.head_dim) && (p.style == Style::kGptj || p.rotary_dim == p.head_dim) &&
+         heads_aligned<T>(p, 16);
+}
+
+// neox with rotary_dim < head_dim in the tuned forward's partial layout (TunedLane): a tuned head_dim,
+// 16-byte aligned heads and a rotary half of whole 16-byte chunks, so of whole chunks of every layout (a
+// tuned neox chunk is at most 16 bytes, and a power of two).
+template <typename T>
+bool tuned_partial_neox(const Problem& p) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  return tuned_head_dim(p.head_dim) && p.style == Style::kNeox && p.rotary_dim < p.head_dim &&
+         (p.rotary_dim / 2) % kVec == 0 && heads_aligned<T>(p, 16);
+}
+
+// The inputs Inputs::kCommon assumes for the tuned kernels: checked here, per call. Their runs of angles
+// stay inside the rotary half with full rotary, and in the forward's partial layout.
+template <typename T>
+bool common_inputs(const KernelArgs& a) {
+  return common_table_and_weights<T>(a) && (a.p.rotary_dim == a.p.head_dim || tuned_partial_neox<T>(a.p));
 }
 
 // Elements per chunk of the generic kernels: a 16-byte word when every head is aligned to one, else a

@@ -20,6 +20,18 @@ struct ForwardTuned {
   };
 };
 
+// The tuned forward for partial-rotary neox (tuned_partial_neox); plain grid only.
+template <Inputs In>
+struct ForwardTunedPartial {
+  template <typename T, int D, int N, Style S>
+  struct Family {
+    static constexpr int kPairs = N == 16 ? kSixteenOr8<T, D, Style::kNeox> : N;
+    static TunedChoice<void (*)(KernelArgs)> choice() {
+      return {forward_tuned_kernel<T, D, kPairs, Style::kNeox, In, true>, kPairs, 0};
+    }
+  };
+};
+
 // The tuned forward on a persistent grid (forward_streaming_kernel) for the common inputs, where a lane
 // group holds two pairs (the next task's data then fits in 128 registers); the plain common-input kernel
 // elsewhere.
@@ -55,10 +67,16 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
     return blocks <= INT_MAX;
   };
   dim3 grid;
-  if (use_tuned<T>(p)) {
-    const auto choice = launch.persistent && common_inputs<T>(args)
-                            ? pick_tuned<ForwardStreaming::Family, T>(p, launch.pairs_per_warp)
-                            : pick_tuned_for_inputs<ForwardTuned, T>(args, launch.pairs_per_warp);
+  const bool partial = tuned_partial_neox<T>(p);
+  if (use_tuned<T>(p) || partial) {
+    const int n = launch.pairs_per_warp;
+    const bool common = common_inputs<T>(args);
+    using PartialCommon = ForwardTunedPartial<Inputs::kCommon>;
+    using PartialAny = ForwardTunedPartial<Inputs::kAny>;
+    const auto choice = partial ? (common ? tuned_for_dim<PartialCommon::Family, T, Style::kNeox>(p.head_dim, n)
+                                          : tuned_for_dim<PartialAny::Family, T, Style::kNeox>(p.head_dim, n))
+                        : launch.persistent && common ? pick_tuned<ForwardStreaming::Family, T>(p, n)
+                                                      : pick_tuned_for_inputs<ForwardTuned, T>(args, n);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
     if (choice.persistent) {
       int64_t resident = 0;

@@ -1,8 +1,9 @@
 // Forward kernels: RMSNorm over each head, scale, rotate, round once to the storage type.
 //
-// forward_tuned: head_dim fixed at compile time (64, 128, 256), full-rotary neox or any gptj; all of a
-//   lane's data stays in registers and a warp reuses one cos/sin load for the pairs of a token. Built
-//   twice: for any inputs, and for the common ones (Inputs::kCommon) without run-time type switches.
+// forward_tuned: head_dim fixed at compile time (64, 128, 256), any gptj, and neox at full rotary or with
+//   a rotary half of whole chunks (TunedLane); all of a lane's data stays in registers and a warp reuses
+//   one cos/sin load for the pairs of a token. Built twice: for any inputs, and for the common ones
+//   (Inputs::kCommon) without run-time type switches.
 // forward_generic: any even head_dim <= 512 and any rotary_dim; chunk slots predicated, a warp's loads
 //   all in flight at once, weights staged per block; neox partners held by one lane (PairedLayout) or,
 //   where the rotary half is not whole chunks, exchanged through shared memory.
@@ -37,12 +38,21 @@ __device__ __forceinline__ void rotate_tuned(float (&v)[Lay::SL][Lay::C], const 
   }
 }
 
-// cos/sin of every run a lane of the tuned layout needs for one token's position.
-template <typename Lay, Inputs In = Inputs::kAny>
-__device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t position, int gl,
+// cos/sin of every run a lane of the tuned layout needs for one token's position (the identity for a
+// pass-through lane of partial-rotary neox, which reads nothing; decided at compile time, so the other
+// builds' PTX is what it was before the partial layout).
+template <typename Lay, Inputs In, typename Lane>
+__device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t position, const Lane& lane,
                                                   float (&c)[Lay::AS][Lay::NA], float (&s)[Lay::AS][Lay::NA]) {
+  if constexpr (Lane::kPartial) {
+    if (!lane.partners) {
 #pragma unroll
-  for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA, In>(a, position, Lay::angle_start(r, gl), c[r], s[r]);
+      for (int r = 0; r < Lay::AS; ++r) identity_angles<Lay::NA>(c[r], s[r]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA, In>(a, position, Lay::angle_start(r, lane.gl), c[r], s[r]);
 }
 
 // Where the I pairs of one lane group live: validity, token, head group and element offset.
@@ -69,14 +79,14 @@ struct PairSlots {
   }
 };
 
-// Normalises, scales, rotates and stores the I pairs of a lane group's slots (`at`, data `raw`) under the
-// store policy of `cache`. The angles held (cs, sn) are those of token `angles_token`; a pair of another
-// token loads its own. scale_at(i, s, j): the weight scale of element j of chunk s of pair i. Every lane of
-// the warp calls it (group sums).
-template <typename T, typename Lay, Inputs In, Style S, typename Position, typename ScaleAt>
+// Normalises, scales, rotates and stores the I pairs of a lane group's slots (`at`, data `raw`, the chunks
+// of `lane`) under the store policy of `cache`. The angles held (cs, sn) are those of token `angles_token`;
+// a pair of another token loads its own. scale_at(i, s, j): the weight scale of element j of chunk s of
+// pair i. Every lane of the warp calls it (group sums).
+template <typename T, typename Lay, Inputs In, Style S, typename Position, typename Lane, typename ScaleAt>
 __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const PairSlots<Lay::I>& at,
                                                     const Position (&position)[Lay::I],
-                                                    const Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL], int gl,
+                                                    const Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL], const Lane& lane,
                                                     float (&cs)[Lay::AS][Lay::NA], float (&sn)[Lay::AS][Lay::NA],
                                                     int64_t& angles_token, const HeadCachePolicy& cache,
                                                     ScaleAt scale_at) {
@@ -85,7 +95,7 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
 #pragma unroll
   for (int i = 0; i < Lay::I; ++i) {
     if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
-      load_tuned_angles<Lay, In>(a, position[i].value(p), gl, cs, sn);
+      load_tuned_angles<Lay, In>(a, position[i].value(p), lane, cs, sn);
       angles_token = at.token[i];
     }
     float v[SL][C];
@@ -94,7 +104,7 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
     T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
     if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
 #pragma unroll
-      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + Lay::chunk_start(s, gl), cache.store);
+      for (int s = 0; s < SL; ++s) raw[i][s].store(dst + lane.chunk(s), cache.store);
       continue;
     }
     const float r = rsqrtf(sumsq / static_cast<float>(D) + p.eps);
@@ -109,7 +119,7 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
       Chunk<T, C> out;
 #pragma unroll
       for (int j = 0; j < C; ++j) out.set(j, v[s][j]);
-      out.store(dst + Lay::chunk_start(s, gl), cache.store);
+      out.store(dst + lane.chunk(s), cache.store);
     }
   }
 }
@@ -117,8 +127,8 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
 // Issues the loads of a lane group's I pairs: positions first (the position -> cos/sin chain is the
 // longest), then the heads' chunks under the load policy of `cache`; pairs past the end read nothing and
 // hold zeros.
-template <typename T, typename Lay, typename Position>
-__device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSlots<Lay::I>& at, int gl,
+template <typename T, typename Lay, typename Position, typename Lane>
+__device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSlots<Lay::I>& at, const Lane& lane,
                                                   const HeadCachePolicy& cache, Position (&position)[Lay::I],
                                                   Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL]) {
 #pragma unroll
@@ -129,7 +139,7 @@ __device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSl
 #pragma unroll
     for (int s = 0; s < Lay::SL; ++s) {
       if (at.valid[i]) {
-        raw[i][s].load(src + Lay::chunk_start(s, gl), cache.load);
+        raw[i][s].load(src + lane.chunk(s), cache.load);
       } else {
         raw[i][s].zero();
       }
@@ -140,8 +150,10 @@ __device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSl
 // Blocks of kMaxThreads the streaming kernel is built to fit per SM (at most 128 registers).
 constexpr int kStreamingMinBlocks = 2;
 
-template <typename T, int D, int N, Style S, Inputs In>
+// Partial: neox with rotary_dim < D in TunedLane's partial layout (the rotary half whole chunks).
+template <typename T, int D, int N, Style S, Inputs In, bool Partial = false>
 __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
+  static_assert(!Partial || S == Style::kNeox, "gptj reaches any rotary_dim with the plain layout");
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
   // Several pairs per lane group: the block stages both weights in shared memory once (per-pair weight
@@ -150,7 +162,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   constexpr bool kStaged = I > 1;
   __shared__ float scale[kStaged ? 2 : 1][kStaged ? D : 1];
   const Problem& p = a.p;
-  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const int lane_id = threadIdx.x % kWarp, grp = lane_id / L;
+  const TunedLane<Lay, Partial> lane(lane_id % L, p.rotary_dim);
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
 
   PairSlots<I> at;
@@ -167,7 +180,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   Position position[I];
   Chunk<T, C> raw[I][SL];
   const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
-  fetch_tuned_pairs<T, Lay>(p, at, gl, cache, position, raw);
+  fetch_tuned_pairs<T, Lay>(p, at, lane, cache, position, raw);
   // One pair per lane group: its weights, converted at once (kept as raw words until used, they cost up
   // to 15% at N = 4 for 128-dim heads: more live registers). Staged: one 16-byte load per thread now,
   // stored to shared memory after the cos/sin loads are out.
@@ -175,7 +188,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   if constexpr (!kStaged) {
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
-      load_scale<C, AssumedWeight<T, In>>(p, at.group[0] & 1, Lay::chunk_start(s, gl), a.weight_vec, w_early[s]);
+      load_scale<C, AssumedWeight<T, In>>(p, at.group[0] & 1, lane.chunk(s), a.weight_vec, w_early[s]);
     }
   }
   StagedScales<T, D> staged;
@@ -187,7 +200,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
   if (at.valid[0] && at.group[0] < 2) {
-    load_tuned_angles<Lay, In>(a, position[0].value(p), gl, cs, sn);
+    load_tuned_angles<Lay, In>(a, position[0].value(p), lane, cs, sn);
     angles_token = at.token[0];
   }
   if constexpr (kStaged) {
@@ -197,9 +210,9 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       stage_scales<D>(p, &scale[0][0]);
     }
   }
-  forward_tuned_pairs<T, Lay, In, S>(a, at, position, raw, gl, cs, sn, angles_token, cache, [&](int i, int s, int j) {
+  forward_tuned_pairs<T, Lay, In, S>(a, at, position, raw, lane, cs, sn, angles_token, cache, [&](int i, int s, int j) {
     if constexpr (kStaged) {
-      return scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j];
+      return scale[at.group[i] & 1][lane.chunk(s) + j];
     } else {
       return w_early[s][j];
     }
@@ -220,7 +233,8 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   static_assert(I > 1, "weights staged per block: several pairs per lane group");
   __shared__ float scale[2][D];
   const Problem& p = a.p;
-  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const int lane_id = threadIdx.x % kWarp, grp = lane_id / L;
+  const TunedLane<Lay, false> lane(lane_id % L, p.rotary_dim);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   const int64_t tasks = (p.total_pairs() + N - 1) / N;
   int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
@@ -231,7 +245,7 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   PositionWords position[I];
   Chunk<T, C> raw[I][SL];
   const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
-  fetch_tuned_pairs<T, Lay>(p, at, gl, cache, position, raw);
+  fetch_tuned_pairs<T, Lay>(p, at, lane, cache, position, raw);
   StagedScales<T, D> staged;
   staged.fetch(p);
   RowPrefetch<PositionWords> ahead;
@@ -239,12 +253,12 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
   if (at.valid[0] && at.group[0] < 2) {
-    load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), gl, cs, sn);
+    load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), lane, cs, sn);
     angles_token = at.token[0];
   }
   staged.commit(p, &scale[0][0]);  // every warp of the block, with a task or without
   ahead.finish(p);
-  const auto scale_at = [&](int i, int s, int j) { return scale[at.group[i] & 1][Lay::chunk_start(s, gl) + j]; };
+  const auto scale_at = [&](int i, int s, int j) { return scale[at.group[i] & 1][lane.chunk(s) + j]; };
 
 #pragma unroll 1
   for (;;) {  // warp-uniform: a warp's tasks
@@ -256,10 +270,10 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
     if (more) {
       PairSlots<I> next_at;  // located again below: fewer registers live across the arithmetic
       next_at.locate(p, next * N + grp, G, p.total_pairs());
-      fetch_tuned_pairs<T, Lay>(p, next_at, gl, cache, next_position, next_raw);
+      fetch_tuned_pairs<T, Lay>(p, next_at, lane, cache, next_position, next_raw);
       if (a.prefetch_pairs > 0) next_ahead.begin(p, next * N + a.prefetch_pairs, N);
     }
-    forward_tuned_pairs<T, Lay, Inputs::kCommon, S>(a, at, position, raw, gl, cs, sn, angles_token, cache, scale_at);
+    forward_tuned_pairs<T, Lay, Inputs::kCommon, S>(a, at, position, raw, lane, cs, sn, angles_token, cache, scale_at);
     if (!more) break;
     next_ahead.finish(p);
     task = next;
@@ -272,7 +286,7 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
     }
     // The next task's first cos/sin, requested as soon as this task no longer needs the registers.
     if (at.valid[0] && at.group[0] < 2 && at.token[0] != angles_token) {
-      load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), gl, cs, sn);
+      load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), lane, cs, sn);
       angles_token = at.token[0];
     }
   }
@@ -342,16 +356,6 @@ __device__ __forceinline__ float group_sum_runtime(float v, int lanes) {
 // Shared-memory row of one head of the calling warp: G rows of head_dim floats per warp.
 __device__ __forceinline__ float* head_row(float* smem, const GenericLayout& lay, int head_dim) {
   return smem + ((threadIdx.x / kWarp) * lay.G + lay.grp) * head_dim;
-}
-
-// The identity rotation (cos 1, sin 0) for a run of C elements that no angle reaches.
-template <int C>
-__device__ __forceinline__ void identity_angles(float (&c)[C], float (&s)[C]) {
-#pragma unroll
-  for (int j = 0; j < C; ++j) {
-    c[j] = 1.0f;
-    s[j] = 0.0f;
-  }
 }
 
 // cos/sin for each element a lane holds (identity past rotary_dim). A chunk whose rotary pairs are

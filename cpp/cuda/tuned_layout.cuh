@@ -7,7 +7,7 @@
 //
 // Chunk s of lane l covers elements [(s * L + l) * C, +C). For neox with full rotary, SL = 2: chunk 0 lies
 // in the first half of the head and chunk 1 is its rotate-half partner, so the rotation needs no shuffle.
-// For gptj the pairs (2i, 2i + 1) sit inside one chunk.
+// For gptj the pairs (2i, 2i + 1) sit inside one chunk. Partial-rotary neox: TunedLane.
 #pragma once
 
 #include "core/problem.h"
@@ -41,6 +41,40 @@ struct TunedLayout {
   // First rotary pair of cos/sin run a of lane gl.
   __host__ __device__ static constexpr int angle_start(int a, int gl) {
     return S == Style::kNeox ? gl * C : chunk_start(a, gl) / 2;
+  }
+};
+
+// Where one lane's chunks of a head start (chunk(s), elements) and whether its cos/sin run is rotary.
+// Partial = false: TunedLayout::chunk_start, every run rotary (full-rotary neox; gptj, whose pairs past
+// rotary_dim get the identity from load_angles). Partial = true, neox with rotary_dim < D and the rotary
+// half a whole number H of chunks: lane gl < H holds the rotate-half partners, chunks gl and gl + H, and
+// its angles are those of chunk gl, as at full rotary; lane gl >= H holds the pass-through chunks 2 gl and
+// 2 gl + 1 and rotates by the identity. Each lane still moves whole 16-byte words and a warp's accesses
+// still cover whole 32-byte sectors (the layout of the generic forward's PairedLayout, with D fixed).
+template <typename Lay, bool Partial>
+struct TunedLane {
+  static_assert(!Partial || (Lay::SL == 2 && Lay::AS == 1), "partial rotary: neox, one rotate-half pair per lane");
+  static constexpr bool kPartial = Partial;
+  int gl;
+  int first[Partial ? Lay::SL : 1];
+  bool partners;  // Partial: this lane holds rotate-half partners
+
+  __device__ __forceinline__ TunedLane(int lane_in_group, int rotary_dim) : gl(lane_in_group) {
+    if constexpr (Partial) {
+      const int h = rotary_dim / (2 * Lay::C);
+      partners = gl < h;
+      first[0] = (partners ? gl : 2 * gl) * Lay::C;
+      first[1] = (partners ? gl + h : 2 * gl + 1) * Lay::C;
+    } else {
+      (void)rotary_dim;
+    }
+  }
+  __device__ __forceinline__ int chunk(int s) const {
+    if constexpr (Partial) {
+      return first[s];
+    } else {
+      return Lay::chunk_start(s, gl);
+    }
   }
 };
 
