@@ -1,8 +1,8 @@
 """Calibrates the forward kernel's pairs-per-warp heuristic on the current GPU.
 
-For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80; the tuned tables
-also serve partial-rotary neox with a rotary half of whole 16-byte chunks, the generic table the other
-partial-rotary neox, dispatch.forward_class) and a ladder
+For each rotary style, head_dim class (64, 128, 256 and the generic kernels, measured at 80; for neox also
+64r, 128r, 256r: the tuned forward's partial-rotary layout; the generic table serves the other partial-rotary
+neox, dispatch.forward_class) and a ladder
 of token counts, times every forced N in {1, 2, 4, 8, 16} and, for the tuned classes, N = 4, 8, 16 on the
 persistent grid ("4p", ...: dispatch.parse_choice; a no-op where that N's build does not stream), keeps the
 fastest, turns the winners into thresholds on the pair count, and writes
@@ -12,7 +12,7 @@ reports one against the other (the issue asks for auto within 3% everywhere). Al
 programmatic dependent launch pays off, and, before the sweep, up to which output size the forward's
 keep_outputs L2 policy pays off (dispatch.L2_POLICIES; the sweep then runs with it, as users will).
 
-    python benchmarks/calibrate.py [--quick] [--classes 64 128 256 generic] [--out DIR]
+    python benchmarks/calibrate.py [--quick] [--classes 64 128 256 generic 64r 128r 256r] [--out DIR]
     python benchmarks/calibrate.py --rederive SWEEP.json   # re-pick stored times, no GPU
 
 With --classes, only those head_dim classes are re-measured and merged into the existing file (the
@@ -36,6 +36,10 @@ from jax_qkrope import dispatch
 from jax_qkrope.bench import Case, make_inputs, time_forward
 
 HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256), "generic": (32, 8, 80)}
+# The tuned forward's partial-rotary neox classes (dispatch.forward_class): (Hq, Hk, D, rotary_dim), neox only.
+# Qwen3-Next's heads for 256; a file without them reads the full-rotary class's table.
+PARTIAL_CLASSES = {"64r": (16, 16, 64, 32), "128r": (32, 8, 128, 64), "256r": (16, 2, 256, 64)}
+ALL_CLASSES = {**HEAD_DIM_CLASSES, **PARTIAL_CLASSES}
 TOKENS = (1, 16, 128, 1024, 4096, 16384, 65536)
 STYLES = tuple(dispatch.FORWARD_TABLE_KEYS)
 # Choices as the files write them: "N" (plain grid) and "Np" (persistent grid), plain first (ties go to it).
@@ -44,8 +48,20 @@ PERSISTENT_CHOICES = ("4p", "8p", "16p")
 
 
 def choices_of(cls: str) -> tuple[str, ...]:
-    """The choices timed for a head_dim class: the generic kernels have no persistent build."""
-    return PLAIN_CHOICES if cls == "generic" else PLAIN_CHOICES + PERSISTENT_CHOICES
+    """The choices timed for a head_dim class: the generic kernels and the partial layout have no persistent
+    build."""
+    return PLAIN_CHOICES if cls == "generic" or cls in PARTIAL_CLASSES else PLAIN_CHOICES + PERSISTENT_CHOICES
+
+
+def styles_of(cls: str) -> tuple[str, ...]:
+    """The rotary styles a class is calibrated for: the partial layout is neox's (gptj needs none)."""
+    return ("neox",) if cls in PARTIAL_CLASSES else STYLES
+
+
+def case_of(cls: str, tokens: int, style: str) -> Case:
+    """The problem a class is timed on."""
+    shape = ALL_CLASSES[cls]
+    return Case(shape[:3], tokens, style, rotary_dim=shape[3] if len(shape) == 4 else None)
 
 
 TIE = 0.01  # within 1% of the fastest counts as a tie, won by the earlier choice (more parallelism)
@@ -94,8 +110,10 @@ def rederive(path: Path) -> None:
     data = json.loads(path.read_text())
     calibration, sweep = data["calibration"], data["sweep"]
     for style in STYLES:
-        for cls in HEAD_DIM_CLASSES:
+        for cls in ALL_CLASSES:
             rows = [r for r in sweep if r["style"] == style and r["head_dim_class"] == cls]
+            if not rows:
+                continue
             rows.sort(key=lambda r: r["T"])
             for row in rows:
                 row["best"] = pick(row["times_us"], row["T"])
@@ -192,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--classes", nargs="+", choices=list(HEAD_DIM_CLASSES), default=list(HEAD_DIM_CLASSES))
+    parser.add_argument("--classes", nargs="+", choices=list(ALL_CLASSES), default=list(ALL_CLASSES))
     parser.add_argument("--previous-sweep", type=Path, default=None,
                         help="with --classes: carry this sweep's rows of the other classes into the one written")
     parser.add_argument("--measure-l2", action="store_true",
@@ -203,7 +221,7 @@ def main() -> None:
     if args.rederive is not None:
         rederive(args.rederive)
         return
-    partial = set(args.classes) != set(HEAD_DIM_CLASSES)
+    partial = set(args.classes) != set(ALL_CLASSES)
     facts = dispatch.device_facts("cuda")
     assert facts.compute_capability is not None, "calibrate on a CUDA GPU"
     tokens = (1, 16, 1024, 16384, 65536) if args.quick else TOKENS
@@ -219,19 +237,19 @@ def main() -> None:
     sweep: list[dict] = []
     tables: dict[str, dict[str, list]] = {style: {} for style in STYLES}
     for style in STYLES:
-        for cls, heads in HEAD_DIM_CLASSES.items():
-            if cls not in args.classes:
+        for cls in ALL_CLASSES:
+            if cls not in args.classes or style not in styles_of(cls):
                 continue
             winners = []
             for t in tokens:
-                case = Case(heads, t, style)
+                case = case_of(cls, t, style)
                 inputs = make_inputs(case)
                 times, rounds = time_choices(case, inputs, choices_of(cls))
                 best = pick(times, t)
-                pairs = t * (heads[0] + heads[1])
+                pairs = t * (case.heads[0] + case.heads[1])
                 winners.append((pairs, best))
-                sweep.append(dict(style=style, head_dim_class=cls, heads=list(heads), T=t, pairs=pairs, times_us=times,
-                                  rounds_us=rounds, best=best))
+                sweep.append(dict(style=style, head_dim_class=cls, heads=list(case.heads), rotary_dim=case.rotary,
+                                  T=t, pairs=pairs, times_us=times, rounds_us=rounds, best=best))
                 print(f"{style} {cls:>8} T={t:>6} pairs={pairs:>8} "
                       + " ".join(f"{c}={v:8.2f}" for c, v in times.items()) + f"  -> {best}", flush=True)
             tables[style][cls] = thresholds_from(winners)
@@ -246,7 +264,7 @@ def main() -> None:
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
                        pdl_max_pairs=pdl_max_pairs, l2_keep_max_bytes=l2_keep_max_bytes,
-                       remeasured=args.classes if partial else list(HEAD_DIM_CLASSES))
+                       remeasured=args.classes if partial else list(ALL_CLASSES))
     path = write_calibration(calibration, (major, minor))
     print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs} l2_keep_max_bytes={l2_keep_max_bytes}")
 
@@ -256,12 +274,12 @@ def main() -> None:
     # between the sweep and this check does not count against auto.
     worst = 1.0
     for row in sweep:
-        case = Case(tuple(row["heads"]), row["T"], row["style"])
+        case = Case(tuple(row["heads"]), row["T"], row["style"], rotary_dim=row["rotary_dim"])
         hq, hk, d = row["heads"]
         pairs = row["T"] * (hq + hk)
-        auto_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem, case.style)
+        auto_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem, case.style, case.rotary)
         with dispatch.override_choice(row["best"]):
-            best_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem, case.style)
+            best_launch = dispatch.forward_launch(pairs, d, None, facts, case.elem, case.style, case.rotary)
         same = auto_launch == best_launch
         auto_choice = f"{auto_launch.pairs_per_warp}{'p' if auto_launch.persistent else ''}"
         row.update(auto_n=auto_launch.pairs_per_warp, auto_choice=auto_choice, same_launch=same, auto_over_best=1.0)
@@ -284,8 +302,10 @@ def main() -> None:
     if partial and args.previous_sweep is not None:  # a complete sweep: the other classes' rows as they were
         kept = [row for row in json.loads(args.previous_sweep.read_text())["sweep"]
                 if row["head_dim_class"] not in args.classes]
+        for row in kept:  # sweeps before the partial classes: every row at full rotary
+            row.setdefault("rotary_dim", row["heads"][2])
         sweep = sorted(kept + sweep, key=lambda row: (STYLES.index(row["style"]),
-                                                      list(HEAD_DIM_CLASSES).index(row["head_dim_class"]), row["T"]))
+                                                      list(ALL_CLASSES).index(row["head_dim_class"]), row["T"]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"calibration_sm{major}{minor}_sweep.json").write_text(
         json.dumps(dict(calibration=calibration, device=jax.devices()[0].device_kind, sweep=sweep,

@@ -199,11 +199,18 @@ def tuned_partial_neox(head_dim: int, style: str, rotary_dim: int | None, itemsi
 
 def forward_class(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> str:
     """The calibration table a forward problem reads: its kernel's. The tuned kernels serve 64/128/256 at full
-    rotary, gptj at any rotary_dim and neox where tuned_partial_neox; the generic ones the rest."""
-    partial_neox = style == "neox" and rotary_dim is not None and rotary_dim < head_dim
-    tuned = head_dim in TUNED_HEAD_DIMS and (not partial_neox or tuned_partial_neox(head_dim, style, rotary_dim,
-                                                                                      itemsize))
-    return str(head_dim) if tuned else "generic"
+    rotary and gptj at any rotary_dim ("64", ...), neox where tuned_partial_neox in their partial layout
+    ("64r", ...: forward_thresholds falls back to the full-rotary table); the generic ones the rest."""
+    if head_dim not in TUNED_HEAD_DIMS:
+        return "generic"
+    if style != "neox" or rotary_dim is None or rotary_dim >= head_dim:
+        return str(head_dim)
+    return f"{head_dim}r" if tuned_partial_neox(head_dim, style, rotary_dim, itemsize) else "generic"
+
+
+def forward_thresholds(tables: dict, cls: str, default):
+    """A class's thresholds; a partial-rotary class missing from the file reads its full-rotary class's."""
+    return tables.get(cls, tables.get(cls.removesuffix("r"), default))
 
 
 def backward_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None) -> str:
@@ -259,8 +266,8 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     thresholds = DEFAULT_FORWARD_THRESHOLDS
     pdl_max_pairs = 0
     if calibration is not None:
-        thresholds = forward_tables(calibration, style).get(forward_class(head_dim, style, rotary_dim, itemsize),
-                                                             thresholds)
+        thresholds = forward_thresholds(forward_tables(calibration, style),
+                                        forward_class(head_dim, style, rotary_dim, itemsize), thresholds)
         pdl_max_pairs = int(calibration.get("pdl_max_pairs", 0))
     persistent = False  # a forced N runs the plain grid
     if forced is not None:

@@ -13,7 +13,8 @@ import pytest
 from jax_qkrope import dispatch
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-SWEEP = RESULTS / "run15_l2_policy" / "calibration" / "calibration_sm90_sweep.json"
+# Session 17's sweep of the full-rotary classes, with session 19's partial-rotary neox classes merged in.
+SWEEP = RESULTS / "run17_partial_neox" / "calibration" / "calibration_sm90_sweep.json"
 L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
@@ -30,7 +31,8 @@ def test_committed_table_is_the_sweeps(sweep):
 
 
 def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
-    assert len(sweep["sweep"]) == 56  # 2 styles x 4 head_dim classes x 7 token counts
+    # 2 styles x 4 head_dim classes x 7 token counts, and neox x 2 partial-rotary classes x 7
+    assert len(sweep["sweep"]) == 70
     assert {row["style"] for row in sweep["sweep"]} == {"neox", "gptj"}
     for row in sweep["sweep"]:
         hq, hk, d = row["heads"]
@@ -42,27 +44,37 @@ def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
         tie = 0.20 if row["T"] <= 128 else 0.01
         best = str(row["best"])  # an int in rows carried from sweeps before the persistent choices
         assert times[best] <= min(times.values()) * (1 + tie), row
-        auto = dispatch.forward_launch(pairs, d, None, H100, 2, row["style"])
+        rotary = row.get("rotary_dim", d)
+        auto = dispatch.forward_launch(pairs, d, None, H100, 2, row["style"], rotary)
         with dispatch.override_choice(best):
-            assert auto == dispatch.forward_launch(pairs, d, None, H100, 2, row["style"]), row
+            assert auto == dispatch.forward_launch(pairs, d, None, H100, 2, row["style"], rotary), row
         assert auto.pairs_per_warp == row["auto_n"], row  # what the calibration run itself checked
 
 
 @pytest.mark.parametrize("pairs", [40, 40 * 1024, 40 * 16384])
 def test_partial_rotary_neox_reads_its_kernels_table(pairs):
-    """neox with rotary_dim < head_dim runs the tuned forward where the rotary half is whole 16-byte chunks
-    (rotary_dim 64 or 16 of 128 in bf16, 8 in f32) and reads its table; otherwise the generic kernels and
-    theirs (rotary_dim 40 or 8 in bf16: halves of 20 and 4 elements). gptj keeps the tuned kernel at any rotary_dim."""
+    """neox with rotary_dim < head_dim runs the tuned forward's partial layout where the rotary half is whole
+    16-byte chunks (rotary_dim 64 or 16 of 128 in bf16, 8 in f32) and reads its class ("128r"); otherwise the
+    generic kernels and theirs (rotary_dim 40 or 8 in bf16: halves of 20 and 4 elements). gptj keeps the
+    tuned kernel and its table at any rotary_dim."""
     tables = {style: dispatch.forward_tables(dispatch.load_calibration((9, 0)), style) for style in ("neox", "gptj")}
     expect = {
-        ("neox", 128, 2): tables["neox"]["128"], ("neox", 64, 2): tables["neox"]["128"],
-        ("neox", 16, 2): tables["neox"]["128"], ("neox", 8, 4): tables["neox"]["128"],
-        ("neox", 40, 2): tables["neox"]["generic"], ("neox", 8, 2): tables["neox"]["generic"],
-        ("gptj", 128, 2): tables["gptj"]["128"], ("gptj", 40, 2): tables["gptj"]["128"],
+        ("neox", 128, 2): "128", ("neox", 64, 2): "128r", ("neox", 16, 2): "128r", ("neox", 8, 4): "128r",
+        ("neox", 40, 2): "generic", ("neox", 8, 2): "generic", ("gptj", 128, 2): "128", ("gptj", 40, 2): "128",
     }
-    for (style, rotary, itemsize), table in expect.items():
+    for (style, rotary, itemsize), cls in expect.items():
+        assert dispatch.forward_class(128, style, rotary, itemsize) == cls, (style, rotary, itemsize)
+        table = dispatch.forward_thresholds(tables[style], cls, None)
         launch = dispatch.forward_launch(pairs, 128, None, H100, itemsize, style, rotary)
         assert launch.pairs_per_warp == dispatch.pick_from_thresholds(table, pairs), (style, rotary, itemsize)
+
+
+def test_partial_class_falls_back_to_its_full_rotary_table():
+    """A calibration file without a partial-rotary class (other architectures' files, older ones) gives its
+    problems the full-rotary class's thresholds, never the defaults."""
+    tables = {"128": [[None, 8]], "generic": [[None, 16]]}
+    assert dispatch.forward_thresholds(tables, "128r", None) == [[None, 8]]
+    assert dispatch.forward_thresholds({**tables, "128r": [[None, 4]]}, "128r", None) == [[None, 4]]
 
 
 def test_partial_rotary_neox_backward_runs_the_generic_grid():
