@@ -189,12 +189,18 @@ def load_calibration(compute_capability: tuple[int, int] | None) -> dict | None:
     return json.loads(path.read_text())
 
 
+def rotary_half_whole_words(rotary_dim: int, itemsize: int) -> bool:
+    """The rotary half is a whole number of 16-byte words, so a lane can hold neox partners together (the
+    launcher's rotary_half_whole_words: the tuned forward's partial layout, the generic PairedLayout)."""
+    return (rotary_dim // 2) % (16 // itemsize) == 0
+
+
 def tuned_partial_neox(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:
     """neox with rotary_dim < head_dim that the tuned forward serves (the launcher's tuned_partial_neox): a
     tuned head_dim and a rotary half of whole 16-byte chunks, so that a lane holds both halves of its
     rotate-half pairs. The buffers must be 16-byte aligned too, as XLA allocates them."""
     return (head_dim in TUNED_HEAD_DIMS and style == "neox" and rotary_dim is not None and rotary_dim < head_dim
-            and (rotary_dim // 2) % (16 // itemsize) == 0)
+            and rotary_half_whole_words(rotary_dim, itemsize))
 
 
 def forward_class(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> str:
@@ -297,9 +303,8 @@ def l2_policy_for(output_bytes: int, calibration: dict | None) -> int:
 def generic_backward_is_wide(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:
     """True where the generic backward moves 16-byte chunks and holds neox partners in one lane (the
     launcher's generic_chunk and paired_layout, for 16-byte aligned buffers, as XLA allocates them)."""
-    vec = 16 // itemsize
     rotary = head_dim if rotary_dim is None else rotary_dim
-    return head_dim % vec == 0 and (style == "gptj" or (rotary // 2) % vec == 0)
+    return head_dim % (16 // itemsize) == 0 and (style == "gptj" or rotary_half_whole_words(rotary, itemsize))
 
 
 def backward_launch(

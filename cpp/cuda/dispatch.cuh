@@ -45,6 +45,14 @@ bool common_table_and_weights(const KernelArgs& a) {
 
 inline bool tuned_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
+// The rotary half is a whole number of 16-byte words of T, so a lane can hold neox partners together in the
+// tuned forward's partial layout and the generic PairedLayout.
+template <typename T>
+bool rotary_half_whole_words(const Problem& p) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  return (p.rotary_dim / 2) % kVec == 0;
+}
+
 // The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox (the forward
 // also takes partial rotary: tuned_partial_neox).
 template <typename T>
@@ -58,9 +66,8 @@ bool use_tuned(const Problem& p) {
 // tuned neox chunk is at most 16 bytes, and a power of two).
 template <typename T>
 bool tuned_partial_neox(const Problem& p) {
-  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   return tuned_head_dim(p.head_dim) && p.style == Style::kNeox && p.rotary_dim < p.head_dim &&
-         (p.rotary_dim / 2) % kVec == 0 && heads_aligned<T>(p, 16);
+         rotary_half_whole_words<T>(p) && heads_aligned<T>(p, 16);
 }
 
 // The inputs Inputs::kCommon assumes for the tuned kernels: checked here, per call. Their runs of angles
@@ -163,7 +170,7 @@ int generic_lanes_per_head(const Problem& p, int pairs_per_warp) {
 template <typename T>
 bool paired_layout(const Problem& p) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  return p.style == Style::kNeox && generic_chunk<T>(p) == kVec && (p.rotary_dim / 2) % kVec == 0;
+  return p.style == Style::kNeox && generic_chunk<T>(p) == kVec && rotary_half_whole_words<T>(p);
 }
 
 // Shared memory of the generic forward at `lanes` per head: the block's [2][D] weight scales, then, where
