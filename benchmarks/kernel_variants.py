@@ -8,7 +8,8 @@ persistent grid.
     python benchmarks/kernel_variants.py --forward-only --persistent --tokens 4096 16384 --styles neox gptj
     python benchmarks/kernel_variants.py --forward-only --l2-policies 0 1 2 --tokens 1024 4096
 
---backward-heads takes Hq,Hk,D or Hq,Hk,D,R (rotary_dim R); --backward-launches N,warps,blocks_per_SM.
+--backward-heads takes Hq,Hk,D or Hq,Hk,D,R (rotary_dim R); --backward-launches N,warps,blocks_per_SM, each
+timed at every --backward-tokens x --backward-styles.
 --persistent times each forced N with the tuned forward's persistent grid off and on (same build), the
 forward timings alternating between the two so that drift between them cancels. --l2-policies does the
 same over the forward's L2 policies (dispatch.L2_POLICIES), with or without --persistent.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -62,6 +64,8 @@ def main() -> None:
                         help="forward: time each of these L2 policies (dispatch.L2_POLICIES), alternating")
     parser.add_argument("--repeats", type=int, default=1, help="forward: rounds per point (median kept)")
     parser.add_argument("--backward-heads", nargs="+", default=["32,8,128"])
+    parser.add_argument("--backward-tokens", type=int, nargs="+", default=[16384, 65536])
+    parser.add_argument("--backward-styles", nargs="+", default=["neox", "gptj"], choices=("neox", "gptj"))
     parser.add_argument("--backward-launches", nargs="+", default=[",".join(map(str, s)) for s in BACKWARD_SHAPES])
     args = parser.parse_args()
     copy = copy_bandwidth_gbps()
@@ -100,7 +104,7 @@ def main() -> None:
     for spec in [] if args.forward_only else args.backward_heads:
         values = tuple(int(v) for v in spec.split(","))
         heads, rotary = values[:3], (values[3] if len(values) == 4 else None)
-        for t, style in ((16384, "neox"), (65536, "neox"), (16384, "gptj")):
+        for t, style in itertools.product(args.backward_tokens, args.backward_styles):
             case = Case(heads, t, style, rotary_dim=rotary)
             inputs = make_inputs(case)
             bound = case.backward_bytes() / (copy * 1e3)

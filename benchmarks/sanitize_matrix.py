@@ -1,8 +1,8 @@
 """A small, representative matrix of every kernel variant, forward and backward, for compute-sanitizer:
 styles x forced pairs-per-warp x head_dims (tuned, vectorised generic, narrow generic) x full and partial
-rotary (at 64/128/256, neox's tuned partial layout) x odd token counts, cache-free and with a float32 cache
-(the common-input builds), the forward's cos/sin prefetch, both L2 policies of the tuned forward, plus the
-packed layout with and without aliasing. Checks results too.
+rotary (at 64/128/256, neox's tuned partial layout, forward and backward) x odd token counts, cache-free
+and with a float32 cache (the common-input builds), the forward's cos/sin prefetch, both L2 policies of the
+tuned forward, plus the packed layout with and without aliasing. Checks results too.
 
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
 """
@@ -129,7 +129,8 @@ def run_matrix() -> float:
                         err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
                         worst = max(worst, checked(err, f"tuned d={d} N={choice} l2_policy={policy} {style}"))
         # The backward on one 1-warp block per SM, so each warp runs several tasks: the generic kernel
-        # copies a task's data into shared memory while it computes the one before.
+        # copies a task's data into shared memory while it computes the one before; partial-rotary neox
+        # runs the tuned backward's partial layout at 64/128/256.
         q = jax.random.normal(jax.random.PRNGKey(d + 9), (601, 5, d), jnp.bfloat16)
         k = jax.random.normal(jax.random.PRNGKey(d + 10), (601, 2, d), jnp.bfloat16)
         p = jax.random.randint(jax.random.PRNGKey(d + 11), (601,), 0, 100)

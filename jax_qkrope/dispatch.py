@@ -30,10 +30,12 @@ FORWARD_WARPS_PER_BLOCK = 4
 # 256-dim lane needs 163 registers, 3 of the 4 blocks fit on an SM and the rest ran as a second wave
 # (80-87% against 95-97% at 2).
 BACKWARD_LAUNCH = {64: (8, 8, 2), 128: (4, 4, 4), 256: (2, 8, 2)}
-# The generic backward (other head_dims, partial-rotary neox): 8 pairs per warp (G lane groups x up to 2
-# rounds), four 4-warp blocks per SM where its kernel is built for 128 registers (16-byte chunks, and no
-# neox exchange through shared memory: generic_backward_is_wide), two elsewhere, where it takes more
-# (kGenericBackwardMinBlocks in cpp/cuda/backward_kernels.cuh; results/run13_backward_async).
+# The generic backward (other head_dims, partial-rotary neox outside the tuned partial layout): 8 pairs per
+# warp (G lane groups x up to 2 rounds), four 4-warp blocks per SM where its kernel is built for 128 registers
+# (16-byte chunks, and no neox exchange through shared memory: generic_backward_is_wide), two elsewhere, where
+# it takes more (kGenericBackwardMinBlocks in cpp/cuda/backward_kernels.cuh; results/run13_backward_async).
+# Partial-rotary neox in the tuned layout takes its head_dim's BACKWARD_LAUNCH, the fastest there too
+# (results/run18_partial_backward).
 BACKWARD_GENERIC_LAUNCH = (8, 4, 4)
 BACKWARD_GENERIC_NARROW_LAUNCH = (8, 4, 2)
 # The tuned forward kernels warm L2 with the cos/sin rows of the pairs this many head bytes per SM ahead
@@ -196,7 +198,7 @@ def rotary_half_whole_words(rotary_dim: int, itemsize: int) -> bool:
 
 
 def tuned_partial_neox(head_dim: int, style: str, rotary_dim: int | None, itemsize: int) -> bool:
-    """neox with rotary_dim < head_dim that the tuned forward serves (the launcher's tuned_partial_neox): a
+    """neox with rotary_dim < head_dim that the tuned kernels serve (the launcher's tuned_partial_neox): a
     tuned head_dim and a rotary half of whole 16-byte chunks, so that a lane holds both halves of its
     rotate-half pairs. The buffers must be 16-byte aligned too, as XLA allocates them."""
     return (head_dim in TUNED_HEAD_DIMS and style == "neox" and rotary_dim is not None and rotary_dim < head_dim
@@ -219,11 +221,15 @@ def forward_thresholds(tables: dict, cls: str, default):
     return tables.get(cls, tables.get(cls.removesuffix("r"), default))
 
 
-def backward_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None) -> str:
-    """The kernel class of a backward problem: the tuned backward keeps each rotate-half pair in one lane at
-    full rotary only, so partial-rotary neox runs the generic one."""
+def backward_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None, itemsize: int = 2) -> str:
+    """The kernel class of a backward problem: the tuned backward at 64/128/256 for full rotary, gptj and
+    partial-rotary neox in the forward's partial layout (tuned_partial_neox); the generic one elsewhere."""
+    if head_dim not in TUNED_HEAD_DIMS:
+        return "generic"
     partial_neox = style == "neox" and rotary_dim is not None and rotary_dim < head_dim
-    return str(head_dim) if head_dim in TUNED_HEAD_DIMS and not partial_neox else "generic"
+    if partial_neox and not tuned_partial_neox(head_dim, style, rotary_dim, itemsize):
+        return "generic"
+    return str(head_dim)
 
 
 def pick_variant(thresholds, pairs: int) -> tuple[int, bool]:
@@ -313,10 +319,10 @@ def backward_launch(
 ) -> tuple[Launch, int]:
     """(launch, blocks_per_example) of the backward kernel: a persistent grid of a few blocks per SM,
     split evenly among the examples. The block count fixes the weight-gradient reduction order. The grid
-    is that of the kernel the problem runs (backward_class): partial-rotary neox runs the generic one."""
+    is that of the kernel the problem runs (backward_class)."""
     if platform != "cuda":
         return Launch(1, 1), 1
-    if backward_class(head_dim, style, rotary_dim) != "generic":
+    if backward_class(head_dim, style, rotary_dim, itemsize) != "generic":
         n, warps, blocks_per_sm = BACKWARD_LAUNCH[head_dim]
     elif generic_backward_is_wide(head_dim, style, rotary_dim, itemsize):
         n, warps, blocks_per_sm = BACKWARD_GENERIC_LAUNCH

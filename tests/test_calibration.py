@@ -77,16 +77,6 @@ def test_partial_class_falls_back_to_its_full_rotary_table():
     assert dispatch.forward_thresholds({**tables, "128r": [[None, 4]]}, "128r", None) == [[None, 4]]
 
 
-def test_partial_rotary_neox_backward_runs_the_generic_grid():
-    """The backward has no partial layout: partial-rotary neox takes the generic backward's grid at any
-    rotary_dim, full rotary the tuned one's."""
-    tuned = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda", "neox", 128)[0]
-    assert (tuned.pairs_per_warp, tuned.warps_per_block) == dispatch.BACKWARD_LAUNCH[128][:2]
-    for rotary in (64, 40):
-        launch = dispatch.backward_launch(4096 * 40, 128, 1, H100, "cuda", "neox", rotary)[0]
-        assert (launch.pairs_per_warp, launch.warps_per_block) == dispatch.BACKWARD_GENERIC_LAUNCH[:2], rotary
-
-
 def test_l2_limit_is_the_measured_cut_off():
     """l2_keep_max_bytes is what benchmarks/calibrate.py derives from the policy's off/on timings (kept with the
     128 class's sweep, which measured them), and the policy is on wherever it measured faster below it."""

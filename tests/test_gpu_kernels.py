@@ -295,6 +295,20 @@ def test_sixteen_pairs_per_warp(dtype, head_dim):
         assert_close(ours, ref.fused_qkv(qkv, positions, 6, 2, w, w), dtype, "16 pairs packed")
 
 
+def partial_rotary_cases(w_key, w32_key, head_dim: int, dtype) -> tuple[tuple[int, ...], dict]:
+    """The tuned partial layout's rotary_dims (the smallest rotary half of whole 16-byte chunks, half the head,
+    all but one chunk pair) and its input cases, name: (q_weight, k_weight, cache dtype or None for cache-free,
+    weight_offset): the common inputs (f32 cache, weights of q's dtype or one missing) and others."""
+    vec = 16 // jnp.dtype(dtype).itemsize
+    w, w32 = random_weight(w_key, head_dim, dtype), random_weight(w32_key, head_dim)
+    return (2 * vec, head_dim // 2, head_dim - 2 * vec), {
+        "common": (w, w, jnp.float32, 0.0),
+        "common, k weight missing, offset": (w, None, jnp.float32, 1.0),
+        "bf16 cache, f32 weight": (w, w32, jnp.bfloat16, 0.0),
+        "cache-free": (w, w, None, 0.0),
+    }
+
+
 @pytest.mark.parametrize("head_dim", (64, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_tuned_partial_rotary_neox(dtype, head_dim):
@@ -304,15 +318,8 @@ def test_tuned_partial_rotary_neox(dtype, head_dim):
     partial last warp), for the common inputs (f32 cache, weights of q's dtype or missing) and any others
     (a bf16 cache with an f32 weight, cache-free), GQA, and packed qkv with V copied bit for bit."""
     keys = jax.random.split(jax.random.PRNGKey(head_dim + 7), 8)
-    vec = 16 // jnp.dtype(dtype).itemsize
-    rotaries = (2 * vec, head_dim // 2, head_dim - 2 * vec)
-    w, w32 = random_weight(keys[0], head_dim, dtype), random_weight(keys[1], head_dim)
-    cases = {  # name: (q_weight, k_weight, cache dtype or None for cache-free, weight_offset)
-        "common": (w, w, jnp.float32, 0.0),
-        "common, k weight missing, offset": (w, None, jnp.float32, 1.0),
-        "bf16 cache, f32 weight": (w, w32, jnp.bfloat16, 0.0),
-        "cache-free": (w, w, None, 0.0),
-    }
+    rotaries, cases = partial_rotary_cases(keys[0], keys[1], head_dim, dtype)
+    w = cases["common"][0]
 
     def heads(tokens):
         return (random_heads(keys[2], tokens, 6, head_dim, dtype), random_heads(keys[3], tokens, 3, head_dim, dtype),
@@ -344,6 +351,47 @@ def test_tuned_partial_rotary_neox(dtype, head_dim):
     assert jnp.array_equal(ours[:, 8 * head_dim :], qkv[:, 8 * head_dim :])
     expected = ref.fused_qkv(qkv, positions, 6, 2, w, w, rotary_dim=head_dim // 2)
     assert_close(ours, expected.astype(dtype), dtype, "packed qkv")
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_tuned_partial_rotary_neox_backward(dtype, head_dim):
+    """The tuned backward in the partial layout (the forward's: lane gl < H holds chunks gl and gl + H, the
+    others two pass-through chunks): the three rotary_dims of the forward's test, at every N on a grid of one
+    1-warp block per SM (each warp runs many tasks, crossing tokens and the q/k boundary), for the common
+    inputs (with a missing weight and an offset) and others (a bf16 cache with an f32 weight, cache-free):
+    dq, dk and both weight gradients against the reference's."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 11), 8)
+    rotaries, cases = partial_rotary_cases(keys[5], keys[6], head_dim, dtype)
+    tokens = (1001,)
+    q, k = random_heads(keys[0], tokens, 6, head_dim, dtype), random_heads(keys[1], tokens, 3, head_dim, dtype)
+    positions = random_positions(keys[2], tokens, 3000)
+    cot = (random_heads(keys[3], tokens, 6, head_dim, dtype), random_heads(keys[4], tokens, 3, head_dim, dtype))
+    up = lambda x: x.astype(jnp.float32)  # noqa: E731
+    grad_scale = lambda x: 2e-2 / 1e-5 if x.dtype != jnp.float32 else 10.0  # noqa: E731
+
+    def options(rotary, case):
+        cache_dtype, offset = cases[case][2:]
+        cache = None if cache_dtype is None else qkr.rope_cos_sin_cache(3000, rotary, dtype=cache_dtype)
+        return dict(style="neox", rotary_dim=rotary, cos_sin_cache=cache, weight_offset=offset)
+
+    def arguments(case):
+        wq, wk = cases[case][:2]
+        return (q, k, wq) if wk is None else (q, k, wq, wk)  # a missing weight has no gradient
+
+    def vjp_of(fused, variant, args, cot):
+        kw = options(*variant)
+        return jax.vjp(lambda *xs: fused(*xs[:2], positions, *xs[2:], **kw), *args)[1](cot)
+
+    variants = [(r, c) for r in rotaries for c in cases]
+    expected = [vjp_of(ref.fused, v, tuple(map(up, arguments(v[1]))), tuple(map(up, cot))) for v in variants]
+    for n in (1, 2, 4, 8):
+        with dispatch.override_backward(n, 1, 1):  # lowered under the override: a fresh jit per N
+            ours = jax.jit(lambda cot: [vjp_of(qkr.fused, v, arguments(v[1]), cot) for v in variants])(cot)
+        for (rotary, case), grads, ref_grads in zip(variants, ours, expected, strict=True):
+            names = ("dq", "dk", "dwq", "dwk")[: len(grads)]
+            for gname, x, a, e in zip(names, arguments(case), grads, ref_grads, strict=True):
+                assert_close(a, e, jnp.float32, f"{gname} N={n} rotary={rotary} {case}", scale=grad_scale(x))
 
 
 # (head_dim, rotary_dim): the tuned kernels, then the generic ones: neox partners in one lane (80, and 128

@@ -154,21 +154,28 @@ def test_backward_launch_shape_per_head_dim(head_dim, grid):
 
 
 def test_backward_launch_follows_the_kernel_of_partial_rotary():
-    """neox with rotary_dim < head_dim runs the generic backward, so it takes the generic grid even at a
-    tuned head_dim; gptj keeps the tuned kernel and its grid."""
-    partial_neox, _ = dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", "neox", 64)
-    partial_gptj, _ = dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", "gptj", 64)
-    full_neox, _ = dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", "neox", 128)
-    assert (partial_neox.pairs_per_warp, partial_neox.warps_per_block) == dispatch.BACKWARD_GENERIC_LAUNCH[:2]
-    assert partial_gptj == full_neox
-    assert (full_neox.pairs_per_warp, full_neox.warps_per_block) == dispatch.BACKWARD_LAUNCH[128][:2]
+    """Partial-rotary neox runs the tuned backward, and takes its grid, where the rotary half is whole 16-byte
+    words (tuned_partial_neox: rotary 64 in bf16, 40 in float32); elsewhere (rotary 40 in bf16) the generic
+    backward and its grid. gptj runs the tuned kernel at any rotary_dim."""
+    def launch(style, rotary, itemsize=2):
+        return dispatch.backward_launch(65536 * 40, 128, 1, H100, "cuda", style, rotary, itemsize)[0]
+
+    tuned = dispatch.BACKWARD_LAUNCH[128][:2]
+    for style, rotary, itemsize in (("neox", 128, 2), ("neox", 64, 2), ("neox", 40, 4), ("gptj", 40, 2)):
+        assert dispatch.backward_class(128, style, rotary, itemsize) == "128", (style, rotary, itemsize)
+        chosen = launch(style, rotary, itemsize)
+        assert (chosen.pairs_per_warp, chosen.warps_per_block) == tuned, (style, rotary, itemsize)
+    assert dispatch.backward_class(128, "neox", 40, 2) == "generic"
+    generic = launch("neox", 40)
+    assert (generic.pairs_per_warp, generic.warps_per_block) == dispatch.BACKWARD_GENERIC_NARROW_LAUNCH[:2]
+    assert dispatch.backward_class(96, "neox", 64, 2) == "generic"
 
 
 @pytest.mark.parametrize(
     ("head_dim", "style", "rotary", "itemsize", "wide"),
     [
         (80, "neox", None, 2, True),  # partners in one lane
-        (128, "neox", 64, 2, True),
+        (96, "neox", 64, 2, True),  # partial rotary, the half whole chunks
         (72, "gptj", None, 2, True),
         (72, "neox", None, 2, False),  # half of 72 is not whole 8-element chunks: exchanged in shared memory
         (128, "neox", 72, 2, False),

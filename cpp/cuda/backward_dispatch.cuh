@@ -9,17 +9,23 @@
 
 namespace qkrope::cuda {
 
-template <Inputs In>
-struct BackwardTuned {
+template <Inputs In, bool Partial>
+struct BackwardTunedFamily {
   template <typename T, int D, int N, Style S>
   struct Family {
     static constexpr int kPairs = N == 16 ? 8 : N;  // the backward has no 16-pair variant
     // Shared memory per warp: a [2][D] float weight-gradient reduction row.
     static TunedChoice<void (*)(KernelArgs, BackwardOutputs)> choice() {
-      return {backward_tuned_kernel<T, D, kPairs, S, In>, kPairs, 2 * D * sizeof(float)};
+      return {backward_tuned_kernel<T, D, kPairs, S, In, Partial>, kPairs, 2 * D * sizeof(float)};
     }
   };
 };
+
+template <Inputs In>
+using BackwardTuned = BackwardTunedFamily<In, false>;
+// The tuned backward for partial-rotary neox (tuned_partial_neox).
+template <Inputs In>
+using BackwardTunedPartial = BackwardTunedFamily<In, true>;
 
 template <typename T, int C, Style S>
 struct BackwardGeneric {
@@ -60,8 +66,8 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
   cudaError_t err;
-  if (use_tuned<T>(p)) {
-    const auto c = pick_tuned_for_inputs<BackwardTuned, T>(args, launch.pairs_per_warp);
+  if (use_tuned<T>(p) || tuned_partial_neox<T>(p)) {
+    const auto c = pick_tuned_kernel<BackwardTuned, BackwardTunedPartial, T>(args, launch.pairs_per_warp);
     const size_t smem = c.smem_per_warp * launch.warps_per_block;
     err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);
   } else {

@@ -41,15 +41,20 @@ __device__ __forceinline__ void write_block_partials(const float* red, int head_
   }
 }
 
-template <typename T, int D, int N, Style S, Inputs In>
+// Partial: neox with rotary_dim < D in TunedLane's partial layout (the rotary half whole chunks), as the
+// forward: a pass-through lane rotates by the identity, and lanes still partition the head's chunks, so the
+// weight-gradient rows below are written as at full rotary.
+template <typename T, int D, int N, Style S, Inputs In, bool Partial = false>
 __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const KernelArgs a, const BackwardOutputs o) {
+  static_assert(!Partial || S == Style::kNeox, "gptj reaches any rotary_dim with the plain layout");
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
   extern __shared__ float red[];  // [warps][2][D]
   __shared__ float scale[2][D];
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
-  const int lane = threadIdx.x % kWarp, grp = lane / L, gl = lane % L;
+  const int lane_id = threadIdx.x % kWarp, grp = lane_id / L;
+  const TunedLane<Lay, Partial> lane(lane_id % L, p.rotary_dim);
   const ExampleSpan span(p, o);
   const int64_t tasks = (span.end - span.begin + N - 1) / N;
   const bool want_dw = wants_dweight(p);
@@ -70,8 +75,8 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 #pragma unroll
       for (int s = 0; s < SL; ++s) {
         if (at.valid[i]) {
-          xr[i][s].load(xs + Lay::chunk_start(s, gl));
-          dyr[i][s].load(gs + Lay::chunk_start(s, gl));
+          xr[i][s].load(xs + lane.chunk(s));
+          dyr[i][s].load(gs + lane.chunk(s));
         } else {
           xr[i][s].zero();
           dyr[i][s].zero();
@@ -81,7 +86,6 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       if (at.valid[i] && at.token[i] != angles_token) {
-        const TunedLane<Lay, false> lane(gl, p.rotary_dim);
         load_tuned_angles<Lay, In>(a, load_position(p, at.token[i]), lane, cs, sn);
         angles_token = at.token[i];
       }
@@ -106,7 +110,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 #pragma unroll
         for (int j = 0; j < C; ++j) {
           x[s][j] *= r;  // xhat from here on
-          u[s][j] = g[s][j] * w[Lay::chunk_start(s, gl) + j];
+          u[s][j] = g[s][j] * w[lane.chunk(s) + j];
           dot += u[s][j] * x[s][j];
         }
       }
@@ -125,7 +129,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
             acc_k[s][j] += g[s][j] * x[s][j];
           }
         }
-        out.store(dst + Lay::chunk_start(s, gl));
+        out.store(dst + lane.chunk(s));
       }
     }
   }
@@ -149,8 +153,8 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
     for (int s = 0; s < SL; ++s) {
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        mine[Lay::chunk_start(s, gl) + j] = acc_q[s][j];
-        mine[D + Lay::chunk_start(s, gl) + j] = acc_k[s][j];
+        mine[lane.chunk(s) + j] = acc_q[s][j];
+        mine[D + lane.chunk(s) + j] = acc_k[s][j];
       }
     }
   }

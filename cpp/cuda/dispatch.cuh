@@ -53,8 +53,8 @@ bool rotary_half_whole_words(const Problem& p) {
   return (p.rotary_dim / 2) % kVec == 0;
 }
 
-// The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox (the forward
-// also takes partial rotary: tuned_partial_neox).
+// The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox in their plain
+// layout (partial rotary: tuned_partial_neox).
 template <typename T>
 bool use_tuned(const Problem& p) {
   return tuned_head_dim(p.head_dim) && (p.style == Style::kGptj || p.rotary_dim == p.head_dim) &&
@@ -150,6 +150,16 @@ template <template <Inputs> class Tuned, typename T>
 auto pick_tuned_for_inputs(const KernelArgs& a, int n) {
   return common_inputs<T>(a) ? pick_tuned<Tuned<Inputs::kCommon>::template Family, T>(a.p, n)
                              : pick_tuned<Tuned<Inputs::kAny>::template Family, T>(a.p, n);
+}
+
+// The tuned kernel for these arguments: of family TunedPartial (built for neox in TunedLane's partial
+// layout) where tuned_partial_neox, of family Tuned otherwise; for the common inputs where they hold.
+template <template <Inputs> class Tuned, template <Inputs> class TunedPartial, typename T>
+auto pick_tuned_kernel(const KernelArgs& a, int n) {
+  const Problem& p = a.p;
+  if (!tuned_partial_neox<T>(p)) return pick_tuned_for_inputs<Tuned, T>(a, n);
+  return common_inputs<T>(a) ? tuned_for_dim<TunedPartial<Inputs::kCommon>::template Family, T, Style::kNeox>(p.head_dim, n)
+                             : tuned_for_dim<TunedPartial<Inputs::kAny>::template Family, T, Style::kNeox>(p.head_dim, n);
 }
 
 // Lanes per head of the generic kernels: enough for every chunk within the K slots of a lane, and at

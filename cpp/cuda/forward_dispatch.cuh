@@ -70,13 +70,9 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   const bool partial = tuned_partial_neox<T>(p);
   if (use_tuned<T>(p) || partial) {
     const int n = launch.pairs_per_warp;
-    const bool common = common_inputs<T>(args);
-    using PartialCommon = ForwardTunedPartial<Inputs::kCommon>;
-    using PartialAny = ForwardTunedPartial<Inputs::kAny>;
-    const auto choice = partial ? (common ? tuned_for_dim<PartialCommon::Family, T, Style::kNeox>(p.head_dim, n)
-                                          : tuned_for_dim<PartialAny::Family, T, Style::kNeox>(p.head_dim, n))
-                        : launch.persistent && common ? pick_tuned<ForwardStreaming::Family, T>(p, n)
-                                                      : pick_tuned_for_inputs<ForwardTuned, T>(args, n);
+    const auto choice = launch.persistent && common_inputs<T>(args) && !partial
+                            ? pick_tuned<ForwardStreaming::Family, T>(p, n)
+                            : pick_tuned_kernel<ForwardTuned, ForwardTunedPartial, T>(args, n);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
     if (choice.persistent) {
       int64_t resident = 0;
