@@ -71,6 +71,11 @@ ROUNDS = 3  # re-timings of auto and of the best forced N in the final check
 # the Ns interleaved, and the median kept; Ns within SMALL_TIE of the fastest tie, won by the smallest (the
 # most warps, each with the shortest chain: the faster side in graph replay, results/run10_chain).
 SMALL_T, SMALL_ROUNDS, SMALL_TIE = 128, 5, 0.20
+# Larger points: LARGE_ROUNDS interleaved timings per N, median kept. One timing moves by 3-5% between runs at
+# T = 16384 (64-dim gptj, N = 8 against 16: 51.87 / 51.75 us in one run, 51.11 / 49.42 in the next:
+# results/run17_partial_neox/calibration, results/run18_partial_backward/calibration_128r), which had the 1%
+# tie give N = 8 a point where 16 is the faster. Sweeps before session 20 timed these once (rounds_us).
+LARGE_ROUNDS = 3
 # The L2 policy's points: the tuned head shapes at token counts whose output spans 8 MB to 300 MB (the H100's
 # L2 holds 50 MB), each timed with the policy off and on in turn, L2_ROUNDS times.
 L2_SHAPES = ((16, 16, 64), (32, 8, 128), (16, 2, 256), (64, 8, 128))
@@ -145,7 +150,7 @@ def time_choice(case: Case, inputs: dict, choice: int | str) -> float:
 def time_choices(case: Case, inputs: dict, choices: tuple[str, ...]) -> tuple[dict, dict]:
     """Every choice's time (the median of its rounds) and the rounds themselves."""
     rounds: dict[str, list[float]] = {c: [] for c in choices}
-    for _ in range(SMALL_ROUNDS if case.tokens <= SMALL_T else 1):
+    for _ in range(SMALL_ROUNDS if case.tokens <= SMALL_T else LARGE_ROUNDS):
         for c in choices:
             rounds[c].append(time_choice(case, inputs, c))
     return {c: statistics.median(values) for c, values in rounds.items()}, rounds

@@ -14,7 +14,7 @@ from jax_qkrope import dispatch
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # Session 17's sweep of the full-rotary classes, with session 19's partial-rotary neox classes merged in.
-SWEEP = RESULTS / "run17_partial_neox" / "calibration" / "calibration_sm90_sweep.json"
+SWEEP = RESULTS / "run18_partial_backward" / "5_calibration_64" / "calibration_sm90_sweep.json"
 L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
@@ -31,8 +31,8 @@ def test_committed_table_is_the_sweeps(sweep):
 
 
 def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
-    # 2 styles x 4 head_dim classes x 7 token counts, and neox x 2 partial-rotary classes x 7
-    assert len(sweep["sweep"]) == 70
+    # 2 styles x 4 head_dim classes x 7 token counts, and neox x 3 partial-rotary classes x 7
+    assert len(sweep["sweep"]) == 77
     assert {row["style"] for row in sweep["sweep"]} == {"neox", "gptj"}
     for row in sweep["sweep"]:
         hq, hk, d = row["heads"]
