@@ -73,7 +73,7 @@ ROUNDS = 3  # re-timings of auto and of the best forced N in the final check
 SMALL_T, SMALL_ROUNDS, SMALL_TIE = 128, 5, 0.20
 # Larger points: LARGE_ROUNDS interleaved timings per N, median kept. One timing moves by 3-5% between runs at
 # T = 16384 (64-dim gptj, N = 8 against 16: 51.87 / 51.75 us in one run, 51.11 / 49.42 in the next:
-# results/run17_partial_neox/calibration, results/run18_partial_backward/calibration_128r), which had the 1%
+# results/run17_partial_neox/calibration, results/run18_partial_backward/3_bench_backward_128r), which had the 1%
 # tie give N = 8 a point where 16 is the faster. Sweeps before session 20 timed these once (rounds_us).
 LARGE_ROUNDS = 3
 # The L2 policy's points: the tuned head shapes at token counts whose output spans 8 MB to 300 MB (the H100's

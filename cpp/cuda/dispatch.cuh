@@ -158,8 +158,10 @@ template <template <Inputs> class Tuned, template <Inputs> class TunedPartial, t
 auto pick_tuned_kernel(const KernelArgs& a, int n) {
   const Problem& p = a.p;
   if (!tuned_partial_neox<T>(p)) return pick_tuned_for_inputs<Tuned, T>(a, n);
-  return common_inputs<T>(a) ? tuned_for_dim<TunedPartial<Inputs::kCommon>::template Family, T, Style::kNeox>(p.head_dim, n)
-                             : tuned_for_dim<TunedPartial<Inputs::kAny>::template Family, T, Style::kNeox>(p.head_dim, n);
+  using Common = TunedPartial<Inputs::kCommon>;
+  using Any = TunedPartial<Inputs::kAny>;
+  return common_inputs<T>(a) ? tuned_for_dim<Common::template Family, T, Style::kNeox>(p.head_dim, n)
+                             : tuned_for_dim<Any::template Family, T, Style::kNeox>(p.head_dim, n);
 }
 
 // Lanes per head of the generic kernels: enough for every chunk within the K slots of a lane, and at
