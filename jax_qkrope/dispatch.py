@@ -222,14 +222,9 @@ def forward_thresholds(tables: dict, cls: str, default):
 
 
 def backward_class(head_dim: int, style: str = "neox", rotary_dim: int | None = None, itemsize: int = 2) -> str:
-    """The kernel class of a backward problem: the tuned backward at 64/128/256 for full rotary, gptj and
-    partial-rotary neox in the forward's partial layout (tuned_partial_neox); the generic one elsewhere."""
-    if head_dim not in TUNED_HEAD_DIMS:
-        return "generic"
-    partial_neox = style == "neox" and rotary_dim is not None and rotary_dim < head_dim
-    if partial_neox and not tuned_partial_neox(head_dim, style, rotary_dim, itemsize):
-        return "generic"
-    return str(head_dim)
+    """The kernel class of a backward problem: the tuned backward serves what the tuned forward does, in the
+    same layouts; one class per head_dim, as the backward's grid has no partial-rotary entry."""
+    return forward_class(head_dim, style, rotary_dim, itemsize).removesuffix("r")
 
 
 def pick_variant(thresholds, pairs: int) -> tuple[int, bool]:

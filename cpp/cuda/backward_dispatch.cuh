@@ -66,7 +66,7 @@ cudaError_t launch_backward_typed(const KernelArgs& args, const BackwardOutputs&
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks)), block(launch.warps_per_block * kWarp);
   cudaError_t err;
-  if (use_tuned<T>(p) || tuned_partial_neox<T>(p)) {
+  if (use_tuned<T>(p)) {
     const auto c = pick_tuned_kernel<BackwardTuned, BackwardTunedPartial, T>(args, launch.pairs_per_warp);
     const size_t smem = c.smem_per_warp * launch.warps_per_block;
     err = launch_kernel(c.kernel, grid, block, smem, stream, launch.pdl, args, out);

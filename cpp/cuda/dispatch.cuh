@@ -53,14 +53,6 @@ bool rotary_half_whole_words(const Problem& p) {
   return (p.rotary_dim / 2) % kVec == 0;
 }
 
-// The tuned kernels keep rotate-half partners in one lane, which needs full rotary for neox in their plain
-// layout (partial rotary: tuned_partial_neox).
-template <typename T>
-bool use_tuned(const Problem& p) {
-  return tuned_head_dim(p.head_dim) && (p.style == Style::kGptj || p.rotary_dim == p.head_dim) &&
-         heads_aligned<T>(p, 16);
-}
-
 // neox with rotary_dim < head_dim in the tuned forward's partial layout (TunedLane): a tuned head_dim,
 // 16-byte aligned heads and a rotary half of whole 16-byte chunks, so of whole chunks of every layout (a
 // tuned neox chunk is at most 16 bytes, and a power of two).
@@ -68,6 +60,15 @@ template <typename T>
 bool tuned_partial_neox(const Problem& p) {
   return tuned_head_dim(p.head_dim) && p.style == Style::kNeox && p.rotary_dim < p.head_dim &&
          rotary_half_whole_words<T>(p) && heads_aligned<T>(p, 16);
+}
+
+// A tuned kernel serves the problem: in the plain layout, which keeps rotate-half partners in one lane and so
+// needs full rotary for neox, or in the partial one (tuned_partial_neox).
+template <typename T>
+bool use_tuned(const Problem& p) {
+  const bool plain = tuned_head_dim(p.head_dim) && (p.style == Style::kGptj || p.rotary_dim == p.head_dim) &&
+                     heads_aligned<T>(p, 16);
+  return plain || tuned_partial_neox<T>(p);
 }
 
 // The inputs Inputs::kCommon assumes for the tuned kernels: checked here, per call. Their runs of angles

@@ -67,10 +67,9 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
     return blocks <= INT_MAX;
   };
   dim3 grid;
-  const bool partial = tuned_partial_neox<T>(p);
-  if (use_tuned<T>(p) || partial) {
+  if (use_tuned<T>(p)) {
     const int n = launch.pairs_per_warp;
-    const auto choice = launch.persistent && common_inputs<T>(args) && !partial
+    const auto choice = launch.persistent && common_inputs<T>(args) && !tuned_partial_neox<T>(p)
                             ? pick_tuned<ForwardStreaming::Family, T>(p, n)
                             : pick_tuned_kernel<ForwardTuned, ForwardTunedPartial, T>(args, n);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
