@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
-#   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_backward examples
-#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
+#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t device_timeline ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +80,14 @@ examples() {
 }
 calibrate_quick() { python3 benchmarks/calibrate.py --quick --out "$OUT" 2>&1 | tee "$OUT/calibrate_quick.log" | tail -50; }
 bench() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 2>&1 | tail -62; }
+# The forward bench in two halves, for two calls (each half's files survive a timeout), then joined.
+bench_part1() { python3 -m jax_qkrope.bench --out "$OUT/bench_part1" --name h100 --shapes 32,8,128 64,8,128 2>&1 | tail -3; }
+bench_part2() { python3 -m jax_qkrope.bench --out "$OUT/bench_part2" --name h100 --shapes 16,2,256 16,16,64 2>&1 | tail -3; }
+bench_merge() {  # BENCH_PARTS: the halves' JSON files (default: both under $OUT)
+  # shellcheck disable=SC2086
+  python3 -m jax_qkrope.bench --merge ${BENCH_PARTS:-"$OUT"/bench_part*/h100_forward.json} --out "$OUT" --name h100 2>&1 | tail -62
+}
+crash_probe() { python3 benchmarks/profile_crash_probe.py 2>&1 | tee "$OUT/profile_crash_probe.log" | tail -10; }
 bench_backward() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 --backward-only --styles neox gptj 2>&1 | tail -20; }
 quickbench() {
   python3 -m jax_qkrope.bench --out "$OUT" --name quick --shapes 32,8,128 16,2,256 --tokens 1 16 1024 4096 16384 65536 \
@@ -97,6 +105,7 @@ bench_generic_backward() {
     --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 --tokens ${BENCH_TOKENS:-1024 16384} 2>&1 | grep -v "it/s" | tail -20
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
+device_timeline() { python3 benchmarks/device_timeline.py --out "$OUT" 2>&1 | tee "$OUT/device_timeline.log" | tail -40; }
 ncu_check() {
   ncu --kernel-name regex:_kernel --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
     python3 benchmarks/ncu_kernels.py > "$OUT/ncu_kernels.csv" 2> "$OUT/ncu_kernels.err"

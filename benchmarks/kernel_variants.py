@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 from calibrate import time_choice  # benchmarks/calibrate.py: the forward time with N forced
 
-from jax_qkrope import dispatch
+from jax_qkrope import dispatch, timing
 from jax_qkrope.bench import Case, make_inputs, time_backward_alone
 from jax_qkrope.timing import copy_bandwidth_gbps
 
@@ -117,7 +117,7 @@ def main() -> None:
                 line.append(f"{shape}={us:8.2f}({100 * bound / us:3.0f}%)")
             print(f"bwd {heads} rotary {case.rotary} {style} T={t} bound {bound:8.2f}  " + " ".join(line), flush=True)
     meta = dict(device=jax.devices()[0].device_kind, date=str(datetime.date.today()), copy_gbps=copy,
-                method="chain of calls separated by optimization_barrier, fastest-run difference (jax_qkrope.timing)")
+                method=timing.method())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_variants.json").write_text(json.dumps([{**meta, **r} for r in records], indent=1))
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import jax_qkrope as qkr
-from jax_qkrope import dispatch, primitive
+from jax_qkrope import dispatch, primitive, timing
 from jax_qkrope import reference as ref
 from jax_qkrope.config import OpConfig
 from jax_qkrope.timing import copy_bandwidth_gbps, per_call_us
@@ -197,7 +197,7 @@ def backward_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list[dict], path: Path) -> None:
+def plot(records: list[dict], path: Path, title: str | None = None) -> None:
     try:
         import matplotlib
 
@@ -222,7 +222,7 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="µs per call", title=f"(Hq, Hk, D) = {shape}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(device_description(), fontsize=9)
+    fig.suptitle(title or device_description(), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -247,13 +247,29 @@ def main(argv: list[str] | None = None) -> None:
                         help="force the forward's cos/sin prefetch distance in pairs (0: off; default: auto)")
     parser.add_argument("--persistent", type=int, default=None, choices=(0, 1),
                         help="force the tuned forward's persistent (streaming) grid off or on (default: auto)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="time nothing: join these forward JSON files into one JSON, table and plot")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_forward(args.merge, args.out, args.name or "merged")
+        return
     with contextlib.ExitStack() as overrides:
         if args.prefetch is not None:
             overrides.enter_context(dispatch.override_prefetch(args.prefetch))
         if args.persistent is not None:
             overrides.enter_context(dispatch.override_persistent(bool(args.persistent)))
         run(args)
+
+
+def merge_forward(files: list[Path], out: Path, name: str) -> None:
+    """One forward JSON, table and plot from the records of several runs (a bench split across calls)."""
+    records = [r for f in files for r in json.loads(f.read_text())]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_forward.json").write_text(json.dumps(records, indent=1))
+    header = ", ".join(sorted({f"{r['device']}, {r['date']}" for r in records}))
+    plot(records, out / f"{name}_forward.png", title=header)
+    (out / f"{name}_forward.md").write_text(f"{header}\n\n{forward_table(records)}\n")
+    print(forward_table(records))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -271,17 +287,18 @@ def run(args: argparse.Namespace) -> None:
 
     copy_gbps = copy_bandwidth_gbps(1024 if on_gpu else 64)
     meta = dict(device=device_description(), date=datetime.date.today().isoformat(), host=platform.node(),
-                copy_gbps=copy_gbps, method="chain of calls separated by lax.optimization_barrier, difference of "
-                "two chain lengths, fastest of 21 alternating wall-clock runs of each")
+                copy_gbps=copy_gbps, method=timing.method())
+    forced = ""
     if args.prefetch is not None:
-        meta["method"] += f"; the forward's cos/sin prefetch forced to {args.prefetch} pairs ahead (0: off)"
+        forced += f"; the forward's cos/sin prefetch forced to {args.prefetch} pairs ahead (0: off)"
     if args.persistent is not None:
-        meta["method"] += f"; the tuned forward's persistent grid forced {'on' if args.persistent else 'off'}"
+        forced += f"; the tuned forward's persistent grid forced {'on' if args.persistent else 'off'}"
     print(f"{meta['device']}: device-to-device copy {copy_gbps:.0f} GB/s")
     cases = [Case(s, t, st, rotary_dim=rotary.get(s)) for s in shapes for t in tokens for st in args.styles]
 
     if not args.backward_only:
         records = [forward_record(c, copy_gbps) for c in progress(cases, "forward")]
+        meta["method"] = timing.method() + forced  # with any fallbacks to wall clock counted
         (args.out / f"{name}_forward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         plot(records, args.out / f"{name}_forward.png")
         table = forward_table(records)
@@ -291,6 +308,7 @@ def run(args: argparse.Namespace) -> None:
         # The default shapes: (32, 8, 128) only; shapes asked for: every one.
         bwd_cases = cases if args.shapes else [c for c in cases if c.heads == (32, 8, 128)]
         records = [backward_record(c, copy_gbps) for c in progress(bwd_cases, "backward")]
+        meta["method"] = timing.method() + forced
         (args.out / f"{name}_backward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         table = backward_table(records)
         (args.out / f"{name}_backward.md").write_text(f"{meta['device']}, {meta['date']}\n\n{table}\n")

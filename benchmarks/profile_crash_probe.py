@@ -1,0 +1,49 @@
+"""Which profiled sequence of runs of the op's chain makes a kernel fail (CUDA_ERROR_LAUNCH_FAILED)?
+Each experiment runs in a fresh process and prints OK or FAIL.
+
+    python benchmarks/profile_crash_probe.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CHILD = r"""
+import glob, sys, tempfile, jax, jax.numpy as jnp
+import jax_qkrope as qkr
+from jax_qkrope import timing
+from jax_qkrope.bench import Case, forward_step, make_inputs
+case = Case((32, 8, 128), 1, "neox")
+x = make_inputs(case)
+state = (x["q"], x["k"], x["positions"], x["weight"], x["cache"])
+step = forward_step(qkr.fused, "neox")
+long, short = timing.chain(step, 386), timing.chain(step, 2)
+for fn in (long, long, short, short):
+    jax.block_until_ready(fn(*state))
+which = sys.argv[1]
+if which == "copy_first":
+    timing.copy_bandwidth_gbps(1024)
+# The runs in one profile ("long": the 386-call chain twice, as the first version of the bench's
+# profiled timing ran it, which repeated the first run and dropped it).
+plans = {"single": [long], "long": [long, long], "long_long": [long, long, long], "long_short": [long, long, short],
+         "short": [short, short], "copy_first": [long, long, short]}
+with tempfile.TemporaryDirectory() as folder:
+    jax.profiler.start_trace(folder)
+    for fn in plans[which]:
+        jax.block_until_ready(fn(*state))
+    jax.profiler.stop_trace()
+    profile = jax.profiler.ProfileData.from_file(glob.glob(folder + "/**/*.xplane.pb", recursive=True)[0])
+    starts = sorted(e.start_ns for p in profile.planes if p.name.startswith("/device:GPU")
+                    for line in p.lines if "Stream" in line.name for e in line.events)
+spans = (len(starts), (starts[-1] - starts[0]) / 1e3 if starts else None)
+for fn in (long, short):
+    jax.block_until_ready(fn(*state))
+print("SPANS", spans)
+"""
+
+for which in ("single", "long", "short", "long_long", "long_short", "copy_first"):
+    out = subprocess.run([sys.executable, "-c", CHILD, which], capture_output=True, text=True, check=False)
+    spans = next((line for line in out.stdout.splitlines() if line.startswith("SPANS")), None)
+    print(which, "OK" if out.returncode == 0 else f"FAIL rc={out.returncode}", spans or "",
+          "" if out.returncode == 0 else out.stderr.strip().splitlines()[-1][:300], flush=True)
