@@ -84,7 +84,7 @@ wall_clock_fallbacks = 0
 
 def per_call_us(step: Step, state: Sequence, repeats: int = 21, target_ms: float = 6.0,
                 device_runs: int = 1) -> float:
-    """Device microseconds of one `step`, from two chain lengths (module docstring).
+    """Device microseconds of one `step` (module docstring).
 
     The long chain adds enough calls to run about `target_ms` (384 for launch-bound tiny calls). On a GPU,
     the median over `device_runs` profiled runs of it; otherwise (or with `device_runs=0`) `repeats`

@@ -1,4 +1,5 @@
-"""The bench's timing helpers that need no GPU: telling profiled runs apart, the wall-clock fallback."""
+"""The bench's timing: the per-call interval from activity timestamps and the wall-clock method (any
+machine), and on a GPU the profiled interval of a chain against its wall-clock time."""
 
 import jax
 import jax.numpy as jnp
