@@ -26,35 +26,20 @@ FLAG_SETS = {
 }
 
 CHILD = r"""
-import glob, json, statistics, sys, tempfile
+import json, statistics, sys
 import jax, jax.numpy as jnp
-from jax.profiler import ProfileData
 import jax_qkrope as qkr
-from jax_qkrope import reference as ref
+from jax_qkrope import reference as ref, timing
 from jax_qkrope.bench import Case, forward_step, make_inputs
 from jax_qkrope.timing import chain, per_call_us
 
 REPEATS, LONG = int(sys.argv[1]), 386
 
-def kernel_events(run, state):
-    with tempfile.TemporaryDirectory() as folder:
-        jax.profiler.start_trace(folder)
-        jax.block_until_ready(run(*state))
-        jax.profiler.stop_trace()
-        data = ProfileData.from_file(glob.glob(folder + "/**/*.xplane.pb", recursive=True)[0])
-        events = []
-        for plane in data.planes:
-            if plane.name.startswith("/device:GPU"):
-                for line in plane.lines:
-                    if "Stream" in line.name:
-                        events += [(e.start_ns, e.duration_ns, e.name) for e in line.events]
-    return sorted(events)
-
 def timeline(step, state):
     run = chain(step, LONG)
     for _ in range(3):
         jax.block_until_ready(run(*state))
-    events = kernel_events(run, state)
+    events = timing.device_activities(lambda: jax.block_until_ready(run(*state))) or []
     if len(events) < LONG:
         return dict(events=len(events))
     starts = [s for s, _, _ in events]

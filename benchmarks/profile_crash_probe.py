@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 CHILD = r"""
-import glob, sys, tempfile, jax, jax.numpy as jnp
+import sys, jax, jax.numpy as jnp
 import jax_qkrope as qkr
 from jax_qkrope import timing
 from jax_qkrope.bench import Case, forward_step, make_inputs
@@ -28,14 +28,8 @@ if which == "copy_first":
 # profiled timing ran it, which repeated the first run and dropped it).
 plans = {"single": [long], "long": [long, long], "long_long": [long, long, long], "long_short": [long, long, short],
          "short": [short, short], "copy_first": [long, long, short]}
-with tempfile.TemporaryDirectory() as folder:
-    jax.profiler.start_trace(folder)
-    for fn in plans[which]:
-        jax.block_until_ready(fn(*state))
-    jax.profiler.stop_trace()
-    profile = jax.profiler.ProfileData.from_file(glob.glob(folder + "/**/*.xplane.pb", recursive=True)[0])
-    starts = sorted(e.start_ns for p in profile.planes if p.name.startswith("/device:GPU")
-                    for line in p.lines if "Stream" in line.name for e in line.events)
+activities = timing.device_activities(lambda: [jax.block_until_ready(fn(*state)) for fn in plans[which]])
+starts = [start for start, _, _ in activities or []]
 spans = (len(starts), (starts[-1] - starts[0]) / 1e3 if starts else None)
 for fn in (long, short):
     jax.block_until_ready(fn(*state))

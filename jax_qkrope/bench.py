@@ -228,8 +228,10 @@ def plot(records: list[dict], path: Path, title: str | None = None) -> None:
 
 
 def with_meta(records: list[dict], meta: dict) -> list[dict]:
-    """The JSON written: a flat list of records, each carrying the run's device, date and method."""
-    return [{**r, "device": meta["device"], "date": meta["date"], "method": meta["method"]} for r in records]
+    """The JSON written: a flat list of records, each carrying the run's device, date and method (as timed so
+    far: any fallbacks to wall clock counted, then the forced launch options)."""
+    method = timing.method() + meta["forced"]
+    return [{**r, "device": meta["device"], "date": meta["date"], "method": method} for r in records]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,18 +289,16 @@ def run(args: argparse.Namespace) -> None:
 
     copy_gbps = copy_bandwidth_gbps(1024 if on_gpu else 64)
     meta = dict(device=device_description(), date=datetime.date.today().isoformat(), host=platform.node(),
-                copy_gbps=copy_gbps, method=timing.method())
-    forced = ""
+                copy_gbps=copy_gbps, forced="")
     if args.prefetch is not None:
-        forced += f"; the forward's cos/sin prefetch forced to {args.prefetch} pairs ahead (0: off)"
+        meta["forced"] += f"; the forward's cos/sin prefetch forced to {args.prefetch} pairs ahead (0: off)"
     if args.persistent is not None:
-        forced += f"; the tuned forward's persistent grid forced {'on' if args.persistent else 'off'}"
+        meta["forced"] += f"; the tuned forward's persistent grid forced {'on' if args.persistent else 'off'}"
     print(f"{meta['device']}: device-to-device copy {copy_gbps:.0f} GB/s")
     cases = [Case(s, t, st, rotary_dim=rotary.get(s)) for s in shapes for t in tokens for st in args.styles]
 
     if not args.backward_only:
         records = [forward_record(c, copy_gbps) for c in progress(cases, "forward")]
-        meta["method"] = timing.method() + forced  # with any fallbacks to wall clock counted
         (args.out / f"{name}_forward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         plot(records, args.out / f"{name}_forward.png")
         table = forward_table(records)
@@ -308,7 +308,6 @@ def run(args: argparse.Namespace) -> None:
         # The default shapes: (32, 8, 128) only; shapes asked for: every one.
         bwd_cases = cases if args.shapes else [c for c in cases if c.heads == (32, 8, 128)]
         records = [backward_record(c, copy_gbps) for c in progress(bwd_cases, "backward")]
-        meta["method"] = timing.method() + forced
         (args.out / f"{name}_backward.json").write_text(json.dumps(with_meta(records, meta), indent=1))
         table = backward_table(records)
         (args.out / f"{name}_backward.md").write_text(f"{meta['device']}, {meta['date']}\n\n{table}\n")

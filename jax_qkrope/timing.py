@@ -44,6 +44,26 @@ def _seconds(fn: Callable, args: Sequence) -> float:
     return time.perf_counter() - start
 
 
+def device_activities(run: Callable[[], object]) -> list[tuple[float, float, str]] | None:
+    """(start ns, duration ns, name) of each device activity while `run()` executes under a profile,
+    sorted by start; None where no profile was written. The per-stream lines of the GPU planes hold the
+    activities themselves (the others summarise them)."""
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder)
+        try:
+            run()
+        finally:
+            jax.profiler.stop_trace()
+        files = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
+        if not files:
+            return None
+        return sorted(
+            (event.start_ns, event.duration_ns, event.name)
+            for plane in jax.profiler.ProfileData.from_file(files[0]).planes if plane.name.startswith("/device:GPU")
+            for line in plane.lines if "Stream" in line.name
+            for event in line.events)
+
+
 def device_call_period_ns(fn: Callable, args: Sequence, calls: int) -> float | None:
     """Device nanoseconds per call of one profiled run of `fn`, a chain of `calls` calls: the median
     interval between the starts of activities one call apart, from the profiler's device timestamps
@@ -51,21 +71,8 @@ def device_call_period_ns(fn: Callable, args: Sequence, calls: int) -> float | N
     result, move only the intervals they fall in). None where the profile holds fewer device activities
     than calls (no GPU, no profiler). One run per profile: a second run of the op's chain under the same
     profile made a kernel fail on the H100 (``benchmarks/profile_crash_probe.py``)."""
-    with tempfile.TemporaryDirectory() as folder:
-        jax.profiler.start_trace(folder)
-        try:
-            jax.block_until_ready(fn(*args))
-        finally:
-            jax.profiler.stop_trace()
-        files = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
-        if not files:
-            return None
-        starts = sorted(
-            event.start_ns
-            for plane in jax.profiler.ProfileData.from_file(files[0]).planes if plane.name.startswith("/device:GPU")
-            for line in plane.lines if "Stream" in line.name  # the per-stream lines hold the activities
-            for event in line.events)
-    return call_period(starts, calls)
+    activities = device_activities(lambda: jax.block_until_ready(fn(*args)))
+    return None if activities is None else call_period([start for start, _, _ in activities], calls)
 
 
 def call_period(starts: Sequence[float], calls: int) -> float | None:
