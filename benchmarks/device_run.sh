@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t device_timeline ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -105,6 +105,7 @@ bench_generic_backward() {
     --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 --tokens ${BENCH_TOKENS:-1024 16384} 2>&1 | grep -v "it/s" | tail -20
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
+small_t_options() { python3 benchmarks/small_t_options.py --out "$OUT" 2>&1 | tee "$OUT/small_t_options.log" | tail -16; }
 device_timeline() { python3 benchmarks/device_timeline.py --out "$OUT" 2>&1 | tee "$OUT/device_timeline.log" | tail -40; }
 ncu_check() {
   ncu --kernel-name regex:_kernel --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
