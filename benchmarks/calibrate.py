@@ -12,12 +12,13 @@ reports one against the other (the issue asks for auto within 3% everywhere). Al
 programmatic dependent launch pays off, and, before the sweep, up to which output size the forward's
 keep_outputs L2 policy pays off (dispatch.L2_POLICIES; the sweep then runs with it, as users will).
 
-    python benchmarks/calibrate.py [--quick] [--classes 64 128 256 generic 64r 128r 256r] [--out DIR]
+    python benchmarks/calibrate.py [--quick] [--classes 64 128 256 generic 64r 128r 256r] [--tokens T ...] [--out DIR]
     python benchmarks/calibrate.py --rederive SWEEP.json   # re-pick stored times, no GPU
 
-With --classes, only those head_dim classes are re-measured and merged into the existing file (the
-PDL and L2 decisions are kept unless --measure-l2); the auto check then covers the re-measured points, and
---previous-sweep carries the other classes' rows from an earlier sweep file into the one written.
+With --classes or --tokens, only those head_dim classes / token counts are re-measured and merged into the
+existing file (the PDL and L2 decisions are kept unless --measure-l2); the auto check then covers the
+re-measured points, and --previous-sweep carries the rows not re-measured from an earlier sweep file into the
+one written, and into the thresholds of the classes re-measured.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import jax
 
 import jax_qkrope as qkr
-from jax_qkrope import dispatch
+from jax_qkrope import dispatch, timing
 from jax_qkrope.bench import Case, make_inputs, time_forward
 
 HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256), "generic": (32, 8, 80)}
@@ -40,7 +41,10 @@ HEAD_DIM_CLASSES = {"64": (16, 16, 64), "128": (32, 8, 128), "256": (16, 2, 256)
 # Qwen3-Next's heads for 256; a file without them reads the full-rotary class's table.
 PARTIAL_CLASSES = {"64r": (16, 16, 64, 32), "128r": (32, 8, 128, 64), "256r": (16, 2, 256, 64)}
 ALL_CLASSES = {**HEAD_DIM_CLASSES, **PARTIAL_CLASSES}
-TOKENS = (1, 16, 128, 1024, 4096, 16384, 65536)
+# The bench's token counts and, from session 22, 256, 512 and 2048: with only 128 and 1024 measured, the
+# boundary between them fell at their geometric mean, and auto ran 9-22% slower than the best N at 9216-10240
+# pairs ((64, 8, 128) at T = 128, (32, 8, 128) at T = 256: results/run20_canonical/3_n_sweep_mid_t).
+TOKENS = (1, 16, 128, 256, 512, 1024, 2048, 4096, 16384, 65536)
 STYLES = tuple(dispatch.FORWARD_TABLE_KEYS)
 # Choices as the files write them: "N" (plain grid) and "Np" (persistent grid), plain first (ties go to it).
 PLAIN_CHOICES = tuple(str(n) for n in dispatch.AUTO_CHOICES)
@@ -76,6 +80,10 @@ SMALL_T, SMALL_ROUNDS, SMALL_TIE = 128, 5, 0.20
 # results/run17_partial_neox/calibration, results/run18_partial_backward/3_bench_backward_128r), which had the 1%
 # tie give N = 8 a point where 16 is the faster. Sweeps before session 20 timed these once (rounds_us).
 LARGE_ROUNDS = 3
+# On the device's clock (timing.per_call_us on a GPU, from session 21) one timing repeats within 2% at every
+# size (results/run19_device_timeline): each choice is timed once, and choices within DEVICE_TIE of the fastest
+# tie, won by the earlier. The rules above stay for sweeps timed by wall clock (rederive reads each row's tie).
+DEVICE_TIE = 0.02
 # The L2 policy's points: the tuned head shapes at token counts whose output spans 8 MB to 300 MB (the H100's
 # L2 holds 50 MB), each timed with the policy off and on in turn, L2_ROUNDS times.
 L2_SHAPES = ((16, 16, 64), (32, 8, 128), (16, 2, 256), (64, 8, 128))
@@ -101,11 +109,27 @@ def thresholds_from(points: list[tuple[int, str]]) -> list[list]:
     return out
 
 
-def pick(times: dict, tokens: int) -> str:
+def device_clock() -> bool:
+    """Whether per_call_us times on the device's own clock here (a GPU: timing.per_call_us)."""
+    return jax.default_backend() == "gpu"
+
+
+def tie_of(tokens: int, on_device_clock: bool) -> float:
+    """How close to the fastest a choice must be to tie (the earlier choice wins a tie)."""
+    if on_device_clock:
+        return DEVICE_TIE
+    return SMALL_TIE if tokens <= SMALL_T else TIE
+
+
+def pick(times: dict, tie: float) -> str:
     """The winning choice: the first (in PLAIN_CHOICES + PERSISTENT_CHOICES order) within the tie of the fastest."""
     best = min(times.values())
-    tie = SMALL_TIE if tokens <= SMALL_T else TIE
     return next(c for c in PLAIN_CHOICES + PERSISTENT_CHOICES if c in times and times[c] <= best * (1 + tie))
+
+
+def row_tie(row: dict) -> float:
+    """The tie a sweep row was picked under: stored from session 22 on, the wall-clock rules before."""
+    return row.get("tie", tie_of(row["T"], False))
 
 
 def rederive(path: Path) -> None:
@@ -121,7 +145,7 @@ def rederive(path: Path) -> None:
                 continue
             rows.sort(key=lambda r: r["T"])
             for row in rows:
-                row["best"] = pick(row["times_us"], row["T"])
+                row["best"] = pick(row["times_us"], row_tie(row))
                 row.update(auto_n=row["best"], same_launch=True, auto_over_best=1.0)
             table = calibration[dispatch.FORWARD_TABLE_KEYS[style]]
             table[cls] = thresholds_from([(r["pairs"], r["best"]) for r in rows])
@@ -147,10 +171,17 @@ def time_choice(case: Case, inputs: dict, choice: int | str) -> float:
         return time_forward(case, inputs, qkr.fused)
 
 
+def rounds_of(tokens: int) -> int:
+    """Timings per choice at a point (DEVICE_TIE, SMALL_ROUNDS, LARGE_ROUNDS)."""
+    if device_clock():
+        return 1
+    return SMALL_ROUNDS if tokens <= SMALL_T else LARGE_ROUNDS
+
+
 def time_choices(case: Case, inputs: dict, choices: tuple[str, ...]) -> tuple[dict, dict]:
     """Every choice's time (the median of its rounds) and the rounds themselves."""
     rounds: dict[str, list[float]] = {c: [] for c in choices}
-    for _ in range(SMALL_ROUNDS if case.tokens <= SMALL_T else LARGE_ROUNDS):
+    for _ in range(rounds_of(case.tokens)):
         for c in choices:
             rounds[c].append(time_choice(case, inputs, c))
     return {c: statistics.median(values) for c, values in rounds.items()}, rounds
@@ -216,8 +247,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--classes", nargs="+", choices=list(ALL_CLASSES), default=list(ALL_CLASSES))
+    parser.add_argument("--tokens", type=int, nargs="+", default=None, help="re-measure these token counts only")
     parser.add_argument("--previous-sweep", type=Path, default=None,
-                        help="with --classes: carry this sweep's rows of the other classes into the one written")
+                        help="with --classes or --tokens: carry this sweep's other rows into the one written and "
+                             "into the re-measured classes' thresholds")
     parser.add_argument("--measure-l2", action="store_true",
                         help="with --classes: re-measure the L2 policy's output limit as well (before the sweep)")
     parser.add_argument("--rederive", type=Path, default=None,
@@ -226,10 +259,17 @@ def main() -> None:
     if args.rederive is not None:
         rederive(args.rederive)
         return
-    partial = set(args.classes) != set(ALL_CLASSES)
+    tokens = tuple(args.tokens) if args.tokens else (1, 16, 1024, 16384, 65536) if args.quick else TOKENS
+    partial = set(args.classes) != set(ALL_CLASSES) or set(tokens) != set(TOKENS)
     facts = dispatch.device_facts("cuda")
     assert facts.compute_capability is not None, "calibrate on a CUDA GPU"
-    tokens = (1, 16, 1024, 16384, 65536) if args.quick else TOKENS
+    # Rows of an earlier sweep that this run does not re-measure: kept in the sweep written and, for the classes
+    # re-measured, in their thresholds.
+    carried = [] if args.previous_sweep is None else [
+        row for row in json.loads(args.previous_sweep.read_text())["sweep"]
+        if row["head_dim_class"] not in args.classes or row["T"] not in tokens]
+    for row in carried:  # sweeps before the partial classes: every row at full rotary
+        row.setdefault("rotary_dim", row["heads"][2])
     major, minor = facts.compute_capability
     previous = dispatch.load_calibration((major, minor))
     l2_rows: list[dict] = []
@@ -245,19 +285,21 @@ def main() -> None:
         for cls in ALL_CLASSES:
             if cls not in args.classes or style not in styles_of(cls):
                 continue
-            winners = []
+            winners = [(row["pairs"], str(row["best"])) for row in carried
+                       if row["style"] == style and row["head_dim_class"] == cls]
             for t in tokens:
                 case = case_of(cls, t, style)
                 inputs = make_inputs(case)
                 times, rounds = time_choices(case, inputs, choices_of(cls))
-                best = pick(times, t)
+                tie = tie_of(t, device_clock())
+                best = pick(times, tie)
                 pairs = t * (case.heads[0] + case.heads[1])
                 winners.append((pairs, best))
                 sweep.append(dict(style=style, head_dim_class=cls, heads=list(case.heads), rotary_dim=case.rotary,
-                                  T=t, pairs=pairs, times_us=times, rounds_us=rounds, best=best))
+                                  T=t, pairs=pairs, times_us=times, rounds_us=rounds, best=best, tie=tie))
                 print(f"{style} {cls:>8} T={t:>6} pairs={pairs:>8} "
                       + " ".join(f"{c}={v:8.2f}" for c, v in times.items()) + f"  -> {best}", flush=True)
-            tables[style][cls] = thresholds_from(winners)
+            tables[style][cls] = thresholds_from(sorted(winners))
 
     if partial and previous is not None:  # merge the re-measured classes; keep the PDL decision
         for style in STYLES:
@@ -269,7 +311,7 @@ def main() -> None:
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
                        pdl_max_pairs=pdl_max_pairs, l2_keep_max_bytes=l2_keep_max_bytes,
-                       remeasured=args.classes if partial else list(ALL_CLASSES))
+                       remeasured=args.classes if partial else list(ALL_CLASSES), remeasured_tokens=list(tokens))
     path = write_calibration(calibration, (major, minor))
     print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs} l2_keep_max_bytes={l2_keep_max_bytes}")
 
@@ -304,17 +346,13 @@ def main() -> None:
               f"{auto_choice:<3} {auto:8.2f} us vs "
               f"best forced {row['best']:<3} {best:8.2f} us ({100 * (auto / best - 1):+.1f}%)", flush=True)
     print(f"worst auto/best over {len(sweep)} points: {worst:.3f}")
-    if partial and args.previous_sweep is not None:  # a complete sweep: the other classes' rows as they were
-        kept = [row for row in json.loads(args.previous_sweep.read_text())["sweep"]
-                if row["head_dim_class"] not in args.classes]
-        for row in kept:  # sweeps before the partial classes: every row at full rotary
-            row.setdefault("rotary_dim", row["heads"][2])
-        sweep = sorted(kept + sweep, key=lambda row: (STYLES.index(row["style"]),
-                                                      list(ALL_CLASSES).index(row["head_dim_class"]), row["T"]))
+    if carried:  # a complete sweep: the rows not re-measured as they were
+        sweep = sorted(carried + sweep, key=lambda row: (STYLES.index(row["style"]),
+                                                         list(ALL_CLASSES).index(row["head_dim_class"]), row["T"]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"calibration_sm{major}{minor}_sweep.json").write_text(
-        json.dumps(dict(calibration=calibration, device=jax.devices()[0].device_kind, sweep=sweep,
-                        worst_auto_over_best=worst, l2_policy=l2_rows), indent=1))
+        json.dumps(dict(calibration=calibration, device=jax.devices()[0].device_kind, method=timing.method(),
+                        sweep=sweep, worst_auto_over_best=worst, l2_policy=l2_rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,12 @@ sanitize() {
   done
 }
 
-calibrate() { python3 benchmarks/calibrate.py --out "$OUT" 2>&1 | tee "$OUT/calibrate.log" | tail -70; cp jax_qkrope/calibration/sm90.json "$OUT/"; }
+# CAL_ARGS: more calibrate.py options (e.g. --tokens 256 512 --previous-sweep SWEEP.json).
+calibrate() {
+  # shellcheck disable=SC2086
+  python3 benchmarks/calibrate.py --out "$OUT" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -70
+  cp jax_qkrope/calibration/sm90.json "$OUT/"
+}
 # Re-measure the head_dim classes in $CAL_CLASSES (e.g. "64 128"), merged into the committed file; the
 # sweep written carries the other classes' rows from $CAL_PREVIOUS (a sweep file) when given. CAL_ARGS: more
 # calibrate.py options (--measure-l2).
