@@ -152,16 +152,16 @@ ncu_stalls() {
 # Where the forward's warps wait, instruction by instruction: ncu's warp-state samples over the SASS of
 # (32, 8, 128) neox at T = 1 (N = 1: latency) and T = 4096 (N = 8: the mid-size gap), third call of each,
 # summarised by benchmarks/ncu_source_summary.py.
-ncu_source() {
+ncu_source() {  # NCU_SOURCE_SPECS: tokens:N pairs to profile (default 1:1 4096:8)
   local spec tokens choice
-  for spec in 1:1 4096:8; do
+  for spec in ${NCU_SOURCE_SPECS:-1:1 4096:8}; do
     tokens=${spec%:*} choice=${spec#*:}
     ncu --kernel-name regex:forward_tuned --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
-      --section SourceCounters --section WarpStateStats --warp-sampling-interval 0 -f -o "/tmp/ncu_source_$tokens" \
-      python3 benchmarks/ncu_kernels.py --tokens "$tokens" --choices "$choice" --forward-only > "$OUT/ncu_source_$tokens.log" 2>&1
-    echo "ncu T=$tokens exit $?"
-    ncu -i "/tmp/ncu_source_$tokens.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_source_$tokens.csv" 2>&1
-    python3 benchmarks/ncu_source_summary.py "$OUT/ncu_source_$tokens.csv" | tee "$OUT/ncu_source_$tokens.txt"
+      --section SourceCounters --section WarpStateStats --warp-sampling-interval 0 -f -o "/tmp/ncu_source_${tokens}_$choice" \
+      python3 benchmarks/ncu_kernels.py --tokens "$tokens" --choices "$choice" --forward-only > "$OUT/ncu_source_${tokens}_$choice.log" 2>&1
+    echo "ncu T=$tokens N=$choice exit $?"
+    ncu -i "/tmp/ncu_source_${tokens}_$choice.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_source_${tokens}_$choice.csv" 2>&1
+    python3 benchmarks/ncu_source_summary.py "$OUT/ncu_source_${tokens}_$choice.csv" | tee "$OUT/ncu_source_${tokens}_$choice.txt"
   done
 }
 # The generic forward ((32, 8, 80) neox, T = 16384, N = 16, third call): warp states per instruction,
