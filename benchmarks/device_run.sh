@@ -35,9 +35,9 @@ tests_kernels() {  # the GPU kernel tests and the forward matrix only
   python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 tests/test_gpu_kernels.py tests/test_forward.py tests/test_backward.py \
     2>&1 | tee "$OUT/pytest_gpu_kernels.log" | tail -40
 }
-tests_select() {  # TEST_FILES (default: the kernel and backward tests), TEST_K: a pytest -k expression
+tests_select() {  # TEST_FILES (default: the kernel and backward tests), TEST_K: a pytest -k expression, TEST_TIMEOUT (s)
   # shellcheck disable=SC2086
-  python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 ${TEST_FILES:-tests/test_gpu_kernels.py tests/test_backward.py} \
+  timeout "${TEST_TIMEOUT:-0}" python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 ${TEST_FILES:-tests/test_gpu_kernels.py tests/test_backward.py} \
     -k "${TEST_K:-}" 2>&1 | tee "$OUT/pytest_selected.log" | tail -40
 }
 

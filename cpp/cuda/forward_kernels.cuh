@@ -172,11 +172,12 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // step): nothing is read before it has finished.
   wait_for_previous_kernel(a.pdl);
   // The loads in the order their chains are long: positions (-> cos/sin row), then the heads, then the
-  // weights, all before anything waits for one of them. Positions as raw words where that measured
-  // faster: the staged kernels for the common inputs. Elsewhere the registers they hold longer cost more
-  // (with one pair per lane group, 64 -> 77 registers and 3-7% for 64-dim heads at N = 8; spills in the
-  // cache-free and mixed-dtype paths).
-  using Position = std::conditional_t<In == Inputs::kCommon && kStaged, PositionWords, WidePosition>;
+  // weights, all before anything waits for one of them. Positions as raw words for the common inputs: a
+  // position widened where it is loaded held back every later load of the warp until it arrived (three
+  // dependent round trips at small T, where the data loads then waited for the position: ncu source
+  // counters, results/run20_canonical/8_ncu_source_small_t). For any inputs the registers they hold
+  // longer cost more (spills in the cache-free and mixed-dtype paths).
+  using Position = std::conditional_t<In == Inputs::kCommon, PositionWords, WidePosition>;
   Position position[I];
   Chunk<T, C> raw[I][SL];
   const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
@@ -196,10 +197,13 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   RowPrefetch<Position> ahead;
   if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
   // The first token's cos/sin before any block barrier (staged weights), so its position -> row chain
-  // overlaps the data loads rather than starting after them.
+  // overlaps the data loads rather than starting after them. For the common inputs with no branch: a pair
+  // past the end reads the last token's row (PositionWords clamps the token), V's pairs a row they do not
+  // use; behind the branch, the compiler hoisted the norm's first use of the data above the row's load,
+  // so the row was requested only once the data had arrived.
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
-  if (at.valid[0] && at.group[0] < 2) {
+  if (In == Inputs::kCommon || (at.valid[0] && at.group[0] < 2)) {
     load_tuned_angles<Lay, In>(a, position[0].value(p), lane, cs, sn);
     angles_token = at.token[0];
   }
