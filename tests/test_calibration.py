@@ -13,9 +13,10 @@ import pytest
 from jax_qkrope import dispatch
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-# Session 22's sweep of T <= 4096 on the device's clock, with the T >= 16384 rows of the one before (session 17's
-# full-rotary classes and session 19's partial-rotary neox classes) carried in.
-SWEEP = RESULTS / "run20_canonical" / "5_calibration" / "calibration_sm90_sweep.json"
+# Session 22's sweeps on the device's clock: T <= 128 on the kernels with branch-free position words, T = 256-4096
+# on the kernels before them, and the T >= 16384 rows of the sweep before (session 17's full-rotary classes and
+# session 19's partial-rotary neox classes) carried in.
+SWEEP = RESULTS / "run20_canonical" / "10_calibration_small_t_bench" / "calibration" / "calibration_sm90_sweep.json"
 L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 
