@@ -175,9 +175,9 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // weights, all before anything waits for one of them. Positions as raw words for the common inputs: a
   // position widened where it is loaded held back every later load of the warp until it arrived (three
   // dependent round trips at small T, where the data loads then waited for the position: ncu source
-  // counters, results/run20_canonical/8_ncu_source_small_t); 8-12 fewer registers in the bf16 builds, an
-  // 8-byte spill in two float32 ones (64-dim N = 4, 128-dim N = 2, neox). For any inputs the registers they
-  // hold longer cost more (spills in the cache-free and mixed-dtype paths).
+  // counters, results/run20_canonical/8_ncu_source_small_t); fewer registers in most bf16 builds (48 -> 40
+  // for 128-dim heads at N = 1), an 8-byte spill in two float32 ones (64-dim N = 4, 128-dim N = 2, neox). For
+  // any inputs the registers they hold longer cost more (spills in the cache-free and mixed-dtype paths).
   using Position = std::conditional_t<In == Inputs::kCommon, PositionWords, WidePosition>;
   Position position[I];
   Chunk<T, C> raw[I][SL];
