@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,7 +78,6 @@ def main() -> None:
               + ", ".join(f"{key} {n}" for key, n in sorted(counts.items())), flush=True)
         for (key, _), pretty in zip(rows, demangle([name for _, name in rows]), strict=True):
             print(f"  [{key}] {pretty}")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
