@@ -3,11 +3,15 @@
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
 #   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
-# Logs and results are packed into $OUT/results.tgz, the one file left under $OUT.
+# Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
+# after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/qkrope_out}
-mkdir -p "$OUT"
+RESULTS=${OUT:-/tmp/qkrope_out}
+OUT=/tmp/qkrope_work
+rm -rf "$OUT" && mkdir -p "$OUT" "$RESULTS"
+# The result files' prefix: the GPU's model in lower case (h100, h200), from "NVIDIA H200" and the like.
+DEVICE_NAME=${DEVICE_NAME:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | awk '{print tolower($2)}')}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false CMAKE_BUILD_PARALLEL_LEVEL=16
 
 build() {
@@ -84,16 +88,16 @@ examples() {
     2>&1 | tee "$OUT/examples.log" | grep -v "^\[" | tail -30
 }
 calibrate_quick() { python3 benchmarks/calibrate.py --quick --out "$OUT" 2>&1 | tee "$OUT/calibrate_quick.log" | tail -50; }
-bench() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 2>&1 | tail -62; }
+bench() { python3 -m jax_qkrope.bench --out "$OUT" --name "$DEVICE_NAME" 2>&1 | tail -62; }
 # The forward bench in two halves, for two calls (each half's files survive a timeout), then joined.
-bench_part1() { python3 -m jax_qkrope.bench --out "$OUT/bench_part1" --name h100 --shapes 32,8,128 64,8,128 2>&1 | tail -3; }
-bench_part2() { python3 -m jax_qkrope.bench --out "$OUT/bench_part2" --name h100 --shapes 16,2,256 16,16,64 2>&1 | tail -3; }
+bench_part1() { python3 -m jax_qkrope.bench --out "$OUT/bench_part1" --name "$DEVICE_NAME" --shapes 32,8,128 64,8,128 2>&1 | tail -3; }
+bench_part2() { python3 -m jax_qkrope.bench --out "$OUT/bench_part2" --name "$DEVICE_NAME" --shapes 16,2,256 16,16,64 2>&1 | tail -3; }
 bench_merge() {  # BENCH_PARTS: the halves' JSON files (default: both under $OUT)
   # shellcheck disable=SC2086
-  python3 -m jax_qkrope.bench --merge ${BENCH_PARTS:-"$OUT"/bench_part*/h100_forward.json} --out "$OUT" --name h100 2>&1 | tail -62
+  python3 -m jax_qkrope.bench --merge ${BENCH_PARTS:-"$OUT"/bench_part*/"$DEVICE_NAME"_forward.json} --out "$OUT" --name "$DEVICE_NAME" 2>&1 | tail -62
 }
 crash_probe() { python3 benchmarks/profile_crash_probe.py 2>&1 | tee "$OUT/profile_crash_probe.log" | tail -10; }
-bench_backward() { python3 -m jax_qkrope.bench --out "$OUT" --name h100 --backward-only --styles neox gptj 2>&1 | tail -20; }
+bench_backward() { python3 -m jax_qkrope.bench --out "$OUT" --name "$DEVICE_NAME" --backward-only --styles neox gptj 2>&1 | tail -20; }
 quickbench() {
   python3 -m jax_qkrope.bench --out "$OUT" --name quick --shapes 32,8,128 16,2,256 --tokens 1 16 1024 4096 16384 65536 \
     --styles neox 2>&1 | tail -16
@@ -102,11 +106,11 @@ quickbench() {
 # more bench options (e.g. --prefetch 0 for an A/B of the cos/sin prefetch in one build).
 bench_generic() {
   # shellcheck disable=SC2086
-  python3 -m jax_qkrope.bench --out "$OUT" --name ${BENCH_NAME:-h100_generic} --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 \
+  python3 -m jax_qkrope.bench --out "$OUT" --name "${BENCH_NAME:-${DEVICE_NAME}_generic}" --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 \
     --tokens ${BENCH_TOKENS:-1 128 1024 4096 16384 65536} ${BENCH_ARGS:-} 2>&1 | tail -52
 }
 bench_generic_backward() {
-  python3 -m jax_qkrope.bench --out "$OUT" --name ${BENCH_NAME:-h100_generic} --backward-only \
+  python3 -m jax_qkrope.bench --out "$OUT" --name "${BENCH_NAME:-${DEVICE_NAME}_generic}" --backward-only \
     --shapes 32,8,80 32,8,96 16,2,192 32,8,128,64 --tokens ${BENCH_TOKENS:-1024 16384} 2>&1 | grep -v "it/s" | tail -20
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
@@ -248,12 +252,14 @@ with_baseline() {
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 
+# The device tool brings back at most 8 files: everything goes back inside results.tgz alone.
+pack() { tar czf /tmp/results.tgz -C "$OUT" . && mv /tmp/results.tgz "$RESULTS/results.tgz"; }
+
 status=0
 for stage in "$@"; do
   echo "=== $(date +%T) $stage"
   "$stage" || status=$?
+  pack
 done
 echo "=== $(date +%T) done (status $status)"
-# The device tool brings back at most 8 files: everything goes back inside results.tgz alone.
-tar czf /tmp/results.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/results.tgz "$OUT/results.tgz"
 exit $status

@@ -198,13 +198,15 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   RowPrefetch<Position> ahead;
   if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
   // The first token's cos/sin before any block barrier (staged weights), so its position -> row chain
-  // overlaps the data loads rather than starting after them. For the common inputs with no branch: a pair
-  // past the end reads the last token's row (PositionWords clamps the token), V's pairs a row they do not
-  // use; behind the branch, the compiler hoisted the norm's first use of the data above the row's load,
-  // so the row was requested only once the data had arrived.
+  // overlaps the data loads rather than starting after them. One pair per lane group, common inputs: no
+  // branch (a pair past the end reads the last token's row, PositionWords clamps the token; V's pairs a
+  // row they do not use); behind the branch, the compiler hoisted the norm's first use of the data above
+  // the row's load, so the row was requested only once the data had arrived. The staged builds keep the
+  // branch: without it (16, 2, 256) at T = 65536, N = 8, ran 7% slower on the H100 (BENCHMARKS, Session 22).
+  constexpr bool kBranchFreeFirstRow = In == Inputs::kCommon && !kStaged;
   float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
   int64_t angles_token = -1;
-  if (In == Inputs::kCommon || (at.valid[0] && at.group[0] < 2)) {
+  if (kBranchFreeFirstRow || (at.valid[0] && at.group[0] < 2)) {
     load_tuned_angles<Lay, In>(a, position[0].value(p), lane, cs, sn);
     angles_token = at.token[0];
   }
