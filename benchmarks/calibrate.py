@@ -19,6 +19,10 @@ With --classes or --tokens, only those head_dim classes / token counts are re-me
 existing file (the PDL and L2 decisions are kept unless --measure-l2); the auto check then covers the
 re-measured points, and --previous-sweep carries the rows not re-measured from an earlier sweep file into the
 one written, and into the thresholds of the classes re-measured.
+
+With --per-device the file is the GPU model's own, ``sm<major><minor>_<model>.json`` (``sm90_nvidia_h200.json``),
+which the dispatch reads for that model in place of the architecture's: the H100 and the H200 share compute
+capability and SM count but not memory bandwidth, and so not every launch choice.
 """
 
 from __future__ import annotations
@@ -152,14 +156,16 @@ def rederive(path: Path) -> None:
     data["worst_auto_over_best"] = 1.0
     path.write_text(json.dumps(data, indent=1))
     digits = calibration["arch"].removeprefix("sm_")  # "90": compute capability 9.0
-    written = write_calibration(calibration, (int(digits[:-1]), int(digits[-1])))
+    written = write_calibration(calibration, (int(digits[:-1]), int(digits[-1])),
+                                calibration.get("device") if calibration.get("per_device") else None)
     tables = {key: calibration[key] for key in dispatch.FORWARD_TABLE_KEYS.values()}
     print(f"re-derived {path} and {written}: {json.dumps(tables)}")
 
 
-def write_calibration(calibration: dict, compute_capability: tuple[int, int]) -> Path:
-    """Writes the file the dispatch reads for this architecture, and drops the dispatch's cached copy."""
-    path = dispatch.calibration_path(compute_capability)
+def write_calibration(calibration: dict, compute_capability: tuple[int, int], device_name: str | None = None) -> Path:
+    """Writes the file the dispatch reads for this architecture (with device_name: for that model only), and
+    drops the dispatch's cached copy."""
+    path = dispatch.calibration_path(compute_capability, device_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration, indent=1) + "\n")
     dispatch.load_calibration.cache_clear()
@@ -255,6 +261,9 @@ def main() -> None:
                         help="with --classes: re-measure the L2 policy's output limit as well (before the sweep)")
     parser.add_argument("--rederive", type=Path, default=None,
                         help="re-pick a sweep file's points from its stored times (no GPU) and rewrite both files")
+    parser.add_argument("--per-device", action="store_true",
+                        help="write this GPU model's own file (sm90_nvidia_h200.json), which the dispatch prefers to "
+                             "the architecture's; classes not re-measured come from the file the dispatch reads now")
     args = parser.parse_args()
     if args.rederive is not None:
         rederive(args.rederive)
@@ -271,12 +280,15 @@ def main() -> None:
     for row in carried:  # sweeps before the partial classes: every row at full rotary
         row.setdefault("rotary_dim", row["heads"][2])
     major, minor = facts.compute_capability
-    previous = dispatch.load_calibration((major, minor))
+    device_name = facts.name if args.per_device else None
+    if device_name is None and dispatch.calibration_path((major, minor), facts.name).exists():
+        parser.error(f"{facts.name} has its own calibration file, which the dispatch reads: pass --per-device")
+    previous = dispatch.load_calibration((major, minor), device_name)
     l2_rows: list[dict] = []
     if not partial or args.measure_l2:
         l2_keep_max_bytes, l2_rows = measure_l2_keep_max_bytes()
         if previous is not None:  # the sweep below runs with the new limit
-            write_calibration({**previous, "l2_keep_max_bytes": l2_keep_max_bytes}, (major, minor))
+            write_calibration({**previous, "l2_keep_max_bytes": l2_keep_max_bytes}, (major, minor), device_name)
     else:
         l2_keep_max_bytes = int((previous or {}).get("l2_keep_max_bytes", 0))
     sweep: list[dict] = []
@@ -311,8 +323,9 @@ def main() -> None:
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
                        pdl_max_pairs=pdl_max_pairs, l2_keep_max_bytes=l2_keep_max_bytes,
-                       remeasured=args.classes if partial else list(ALL_CLASSES), remeasured_tokens=list(tokens))
-    path = write_calibration(calibration, (major, minor))
+                       remeasured=args.classes if partial else list(ALL_CLASSES), remeasured_tokens=list(tokens),
+                       per_device=args.per_device)
+    path = write_calibration(calibration, (major, minor), device_name)
     print(f"wrote {path}: {json.dumps(tables)} pdl_max_pairs={pdl_max_pairs} l2_keep_max_bytes={l2_keep_max_bytes}")
 
     # Auto with the new calibration vs the best forced N at every measured point. Where auto issues the very

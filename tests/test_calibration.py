@@ -97,3 +97,26 @@ def test_l2_limit_is_the_measured_cut_off():
     assert l2_limit_from([dict(output_bytes=8, on_us=2.0, off_us=1.0)]) == 0  # never on where it only loses
     win_then_lose = [dict(output_bytes=8, on_us=1.0, off_us=2.0), dict(output_bytes=32, on_us=2.0, off_us=1.0)]
     assert l2_limit_from(win_then_lose) == 16  # the geometric mean of the last win and the first loss
+
+
+def test_a_device_models_own_calibration_comes_before_its_architectures(tmp_path, monkeypatch):
+    """sm90_<model>.json, where it exists, serves that model only; other models of the architecture, and
+    that model without its file, read sm90.json."""
+    monkeypatch.setattr(dispatch, "CALIBRATION_DIR", tmp_path)
+    dispatch.load_calibration.cache_clear()
+    try:
+        shared = {"forward": {"128": [[0, 1]]}, "l2_keep_max_bytes": 1}
+        (tmp_path / "sm90.json").write_text(json.dumps(shared))
+        assert dispatch.load_calibration((9, 0), "NVIDIA H200") == shared
+        own = {"forward": {"128": [[0, 16]]}, "l2_keep_max_bytes": 2}
+        assert dispatch.calibration_path((9, 0), "NVIDIA H200") == tmp_path / "sm90_nvidia_h200.json"
+        dispatch.calibration_path((9, 0), "NVIDIA H200").write_text(json.dumps(own))
+        dispatch.load_calibration.cache_clear()
+        assert dispatch.load_calibration((9, 0), "NVIDIA H200") == own
+        assert dispatch.load_calibration((9, 0), H100.name) == shared
+        assert dispatch.load_calibration((9, 0)) == shared
+        h200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
+        assert dispatch.forward_launch(40, 128, None, h200, 2).pairs_per_warp == 16
+        assert dispatch.forward_launch(40, 128, None, H100, 2).pairs_per_warp == 1
+    finally:
+        dispatch.load_calibration.cache_clear()
