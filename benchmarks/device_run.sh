@@ -65,6 +65,7 @@ sanitize() {
       rc=$?
     fi
     echo "$tool exit $rc"; tail -4 "$OUT/sanitizer_$tool.log"
+    pack  # each tool's log back even if a later tool runs past the call's limit
   done
 }
 
