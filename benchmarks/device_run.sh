@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_source multigpu stream_probe probe_regs probe_variants
+#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
 # after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
@@ -69,11 +69,13 @@ sanitize() {
   done
 }
 
-# CAL_ARGS: more calibrate.py options (e.g. --tokens 256 512 --previous-sweep SWEEP.json).
+# CAL_ARGS: more calibrate.py options (e.g. --tokens 256 512 --previous-sweep SWEEP.json, --per-device).
+# CAL_TIMEOUT (s): stop the sweep there, so that the stage still ends and packs what it wrote (the calibration
+# file is written before the auto check, the sweep file after it).
 calibrate() {
   # shellcheck disable=SC2086
-  python3 benchmarks/calibrate.py --out "$OUT" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -70
-  cp jax_qkrope/calibration/sm90.json "$OUT/"
+  timeout "${CAL_TIMEOUT:-0}" python3 benchmarks/calibrate.py --out "$OUT" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -70
+  cp jax_qkrope/calibration/sm90*.json "$OUT/"
 }
 # Re-measure the head_dim classes in $CAL_CLASSES (e.g. "64 128"), merged into the committed file; the
 # sweep written carries the other classes' rows from $CAL_PREVIOUS (a sweep file) when given. CAL_ARGS: more
@@ -82,7 +84,7 @@ calibrate_classes() {
   # shellcheck disable=SC2086
   python3 benchmarks/calibrate.py --classes $CAL_CLASSES ${CAL_PREVIOUS:+--previous-sweep "$CAL_PREVIOUS"} ${CAL_ARGS:-} --out "$OUT" \
     2>&1 | tee "$OUT/calibrate_classes.log" | tail -40
-  cp jax_qkrope/calibration/sm90.json "$OUT/"
+  cp jax_qkrope/calibration/sm90*.json "$OUT/"
 }
 examples() {
   { python3 -m jax_qkrope.demo; python3 examples/qwen3_block.py; python3 examples/train_tiny.py --plot "$OUT/train_tiny.png"; } \
@@ -153,6 +155,15 @@ ncu_stalls() {
     echo "ncu T=$tokens exit $?"
   done
   grep -E "stalled|Duration|Throughput|Warp Cycles|Active Warps|Hit Rate" "$OUT"/ncu_stalls_*.txt | head -90
+}
+# DRAM traffic of the forward at T = 65536 ((32, 8, 128) neox, N = 8 and 16) against XLA's negation over the
+# same bytes (q and k as two arrays, and as one): what a plain streaming kernel reaches on this GPU.
+ncu_bandwidth() {
+  local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+  metrics+=,lts__t_sector_hit_rate.pct,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
+  ncu --kernel-name regex:"forward_tuned|negate" --clock-control none --cache-control none --csv --metrics "$metrics" \
+    python3 benchmarks/ncu_kernels.py --tokens 65536 --choices 8 16 --forward-only --stream > "$OUT/ncu_bandwidth.csv" 2> "$OUT/ncu_bandwidth.err"
+  echo "ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_bandwidth.csv"
 }
 # Where the forward's warps wait, instruction by instruction: ncu's warp-state samples over the SASS of
 # (32, 8, 128) neox at T = 1 (N = 1: latency) and T = 4096 (N = 8: the mid-size gap), third call of each,

@@ -2,6 +2,11 @@
 
     ncu --kernel-name regex:_kernel --clock-control none --cache-control none --metrics gpu__time_duration.sum \
         python benchmarks/ncu_kernels.py [--tokens T ...] [--choices N ...] [--forward-only] [--heads 32,8,80]
+        [--stream]
+
+--stream also runs XLA's elementwise negation over the same q and k (one fused kernel, two read and two write
+streams) and over one flat array of their bytes: plain streaming kernels to hold the forward's DRAM figures
+against.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ parser.add_argument("--choices", type=int, nargs="+", default=None,
 parser.add_argument("--forward-only", action="store_true")
 parser.add_argument("--heads", default="32,8,128", help="Hq,Hk,D or Hq,Hk,D,R (rotary_dim R below D)")
 parser.add_argument("--style", default="neox", choices=("neox", "gptj"))
+parser.add_argument("--stream", action="store_true", help="also XLA's negation over the same bytes")
 args = parser.parse_args()
 
 shape = tuple(int(v) for v in args.heads.split(","))
@@ -34,6 +40,12 @@ for tokens in args.tokens:
             for _ in range(3):  # warm: the later calls find their inputs in L2, as in a model
                 jax.block_until_ready(f(x["q"], x["k"], x["positions"], x["weight"], x["cache"]))
         print(f"T={tokens} choice={choice} launched", flush=True)
+    if args.stream:
+        flat = jax.numpy.concatenate([x["q"].ravel(), x["k"].ravel()])
+        for f, operands in ((jax.jit(lambda q, k: (-q, -k)), (x["q"], x["k"])), (jax.jit(lambda v: -v), (flat,))):
+            for _ in range(3):
+                jax.block_until_ready(f(*operands))
+        print(f"T={tokens} streams launched", flush=True)
     if args.forward_only:
         continue
     g = jax.jit(jax.grad(lambda q, k, w, p, c, o=options: sum(y.astype(jax.numpy.float32).sum() for y in qkr.fused(
