@@ -1,6 +1,7 @@
-"""The committed H100 calibration against the sweep it came from (benchmarks/calibrate.py output kept under
-benchmarks/results): the dispatch reads exactly that table, and at every measured point the automatic
-choice issues the same launch as the fastest forced N, so auto is the best forced N there by construction."""
+"""The committed calibrations (the H100's, which is the architecture's sm90.json, and the H200's own) against
+the sweeps they came from (benchmarks/calibrate.py output kept under benchmarks/results): the dispatch reads
+exactly that table for that GPU, and at every measured point the automatic choice issues the same launch as the
+fastest forced N, so auto is the best forced N there by construction."""
 
 from __future__ import annotations
 
@@ -18,21 +19,40 @@ RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # session 19's partial-rotary neox classes) carried in.
 SWEEP = RESULTS / "run20_canonical" / "10_calibration_small_t_bench" / "calibration" / "calibration_sm90_sweep.json"
 L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
+# Session 25's H200 sweep (sm90_nvidia_h200.json), every row on the H200: T >= 1024 with the L2 policy's limit
+# measured in a first call, T <= 512 in a second that carried the first's rows.
+H200_RUN = RESULTS / "run22_h200_calibration"
+H200_SWEEP = H200_RUN / "2_calibration_small_t_bench" / "calibration_sm90_sweep.json"
+H200_L2_SWEEP = H200_RUN / "1_calibration_large_t" / "calibration_sm90_sweep.json"
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
+H200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
+SWEEPS = {H100: SWEEP, H200: H200_SWEEP}
+L2_SWEEPS = {H100: L2_SWEEP, H200: H200_L2_SWEEP}
+
+
+@pytest.fixture(scope="module", params=list(SWEEPS), ids=lambda facts: facts.name)
+def device(request) -> dispatch.DeviceFacts:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def sweep() -> dict:
-    return json.loads(SWEEP.read_text())
+def sweep(device) -> dict:
+    return json.loads(SWEEPS[device].read_text())
 
 
-def test_committed_table_is_the_sweeps(sweep):
-    committed = dispatch.load_calibration((9, 0))
+def test_committed_table_is_the_sweeps(device, sweep):
+    committed = dispatch.load_calibration((9, 0), device.name)
+    assert sweep["calibration"]["device"] == device.name
     for key in ("forward", "forward_gptj", "pdl_max_pairs", "l2_keep_max_bytes"):
         assert committed[key] == sweep["calibration"][key], key
 
 
-def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
+def test_the_h200_reads_its_own_file():
+    assert dispatch.load_calibration((9, 0), H200.name) != dispatch.load_calibration((9, 0), H100.name)
+    assert dispatch.load_calibration((9, 0), H100.name) == dispatch.load_calibration((9, 0))
+
+
+def test_auto_issues_the_best_forced_launch_at_every_point(device, sweep):
     # 2 styles x 4 head_dim classes x 10 token counts, and neox x 3 partial-rotary classes x 10
     assert len(sweep["sweep"]) == 110
     assert {row["style"] for row in sweep["sweep"]} == {"neox", "gptj"}
@@ -48,9 +68,9 @@ def test_auto_issues_the_best_forced_launch_at_every_point(sweep):
         best = str(row["best"])  # an int in rows carried from sweeps before the persistent choices
         assert times[best] <= min(times.values()) * (1 + tie), row
         rotary = row.get("rotary_dim", d)
-        auto = dispatch.forward_launch(pairs, d, None, H100, 2, row["style"], rotary)
+        auto = dispatch.forward_launch(pairs, d, None, device, 2, row["style"], rotary)
         with dispatch.override_choice(best):
-            assert auto == dispatch.forward_launch(pairs, d, None, H100, 2, row["style"], rotary), row
+            assert auto == dispatch.forward_launch(pairs, d, None, device, 2, row["style"], rotary), row
         assert auto.pairs_per_warp == row["auto_n"], row  # what the calibration run itself checked
 
 
@@ -80,17 +100,17 @@ def test_partial_class_falls_back_to_its_full_rotary_table():
     assert dispatch.forward_thresholds({**tables, "128r": [[None, 4]]}, "128r", None) == [[None, 4]]
 
 
-def test_l2_limit_is_the_measured_cut_off():
+def test_l2_limit_is_the_measured_cut_off(device):
     """l2_keep_max_bytes is what benchmarks/calibrate.py derives from the policy's off/on timings (kept with the
-    128 class's sweep, which measured them), and the policy is on wherever it measured faster below it."""
+    sweep that measured them), and the policy is on wherever it measured faster below it."""
     sys.path.insert(0, str(RESULTS.parent))
     try:
         from calibrate import l2_limit_from
     finally:
         sys.path.remove(str(RESULTS.parent))
-    rows = json.loads(L2_SWEEP.read_text())["l2_policy"]
+    rows = json.loads(L2_SWEEPS[device].read_text())["l2_policy"]
     assert len(rows) == 32
-    limit = dispatch.load_calibration((9, 0))["l2_keep_max_bytes"]
+    limit = dispatch.load_calibration((9, 0), device.name)["l2_keep_max_bytes"]
     assert l2_limit_from(rows) == limit
     faster_within = [r for r in rows if r["output_bytes"] <= limit and r["on_us"] < r["off_us"]]
     assert len(faster_within) >= 0.9 * len([r for r in rows if r["output_bytes"] <= limit])
