@@ -4,9 +4,9 @@
         python benchmarks/ncu_kernels.py [--tokens T ...] [--choices N ...] [--forward-only] [--heads 32,8,80]
         [--stream]
 
---stream also runs XLA's elementwise negation over the same q and k (one fused kernel, two read and two write
-streams) and over one flat array of their bytes: plain streaming kernels to hold the forward's DRAM figures
-against.
+--stream also runs XLA's elementwise negation over the same q and k (one jit; XLA 0.11.2 on the H200 ran it as one
+kernel per array, results/run22_h200_calibration/3_ncu_bandwidth_racecheck_synccheck) and over one flat array of
+their bytes: plain streaming kernels to hold the forward's DRAM figures against.
 """
 
 from __future__ import annotations
