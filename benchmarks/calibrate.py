@@ -323,6 +323,7 @@ def main() -> None:
                        date=datetime.date.today().isoformat(), source="benchmarks/calibrate.py",
                        **{dispatch.FORWARD_TABLE_KEYS[style]: tables[style] for style in STYLES},
                        pdl_max_pairs=pdl_max_pairs, l2_keep_max_bytes=l2_keep_max_bytes,
+                       shared_rows_min_bytes=int((previous or {}).get("shared_rows_min_bytes", 0)),
                        remeasured=args.classes if partial else list(ALL_CLASSES), remeasured_tokens=list(tokens),
                        per_device=args.per_device)
     path = write_calibration(calibration, (major, minor), device_name)

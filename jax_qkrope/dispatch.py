@@ -70,11 +70,12 @@ class Launch:
     prefetch_pairs: int = 0  # 0: off
     persistent: bool = False  # tuned forward: resident warps loop over their tasks (forward_streaming_kernel)
     l2_policy: int = 0  # forward: L2 eviction priorities of its head traffic (L2_POLICIES)
+    shared_rows: bool = False  # tuned forward: cos/sin rows through shared memory (shared_rows_for)
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
                     pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs), persistent=bool(self.persistent),
-                    l2_policy=int(self.l2_policy))
+                    shared_rows=bool(self.shared_rows), l2_policy=int(self.l2_policy))
 
 
 # Launch.l2_policy values (the C++ L2Policy). keep_outputs: the forward (tuned and generic kernels) reads the
@@ -93,6 +94,7 @@ _backward_override: list[tuple[int, int, int]] = []
 _prefetch_override: list[int] = []
 _persistent_override: list[bool] = []
 _l2_policy_override: list[int] = []
+_shared_rows_override: list[bool] = []
 
 
 @contextlib.contextmanager
@@ -155,6 +157,12 @@ def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
     if policy not in L2_POLICIES.values():
         raise ValueError(f"l2_policy must be one of {sorted(L2_POLICIES.values())}, got {policy!r}")
     return _pushed(_l2_policy_override, policy)
+
+
+def override_shared_rows(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Force the tuned forward's cos/sin rows through shared memory on or off for the calls lowered inside
+    (A/B, tests)."""
+    return _pushed(_shared_rows_override, enabled)
 
 
 @functools.cache
@@ -295,11 +303,23 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     # Programmatic dependent launch exists from Hopper (sm_90) on.
     pdl = pdl and facts.compute_capability is not None and facts.compute_capability >= (9, 0)
     persistent = _persistent_override[-1] if _persistent_override else persistent
-    l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(
-        num_pairs * head_dim * itemsize, calibration)
+    head_bytes = num_pairs * head_dim * itemsize
+    l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(head_bytes, calibration)
+    shared_rows = _shared_rows_override[-1] if _shared_rows_override else shared_rows_for(head_bytes, calibration)
     return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl,
                   prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts),
-                  persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy)
+                  persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy,
+                  shared_rows=shared_rows and facts.compute_capability is not None)
+
+
+def shared_rows_for(head_bytes: int, calibration: dict | None) -> bool:
+    """Whether the tuned forward copies its cos/sin rows into shared memory, for q and k of head_bytes: from
+    the calibration's shared_rows_min_bytes (absent or 0: never). The kernels that hold the rows in shared
+    memory need fewer registers, so more warps fit, but each warp takes longer: on the H200 they are 1-4%
+    faster from about 32 MiB of heads and 3-6% slower below (BENCHMARKS.md, session 26). The C++ side takes
+    them only where a build has them (two pairs per lane group, common inputs, full rotary)."""
+    limit = int((calibration or {}).get("shared_rows_min_bytes", 0))
+    return limit > 0 and head_bytes >= limit
 
 
 def l2_policy_for(output_bytes: int, calibration: dict | None) -> int:

@@ -140,3 +140,33 @@ def test_a_device_models_own_calibration_comes_before_its_architectures(tmp_path
         assert dispatch.forward_launch(40, 128, None, H100, 2).pairs_per_warp == 1
     finally:
         dispatch.load_calibration.cache_clear()
+
+
+# Session 26's H200 sweep: every staged build of the common inputs with its rows in shared memory. Of its
+# times, only the builds that keep that variant (two pairs per lane group: SHARED_ROWS_CHOICE) run as shipped,
+# where the calibration turns shared rows on; the other choices run session 25's kernels there.
+SHARED_ROWS_SWEEP = RESULTS / "run23_shared_rows" / "3_ab_final_calibration_bench1" / "calibration_sm90_sweep.json"
+SHARED_ROWS_CHOICE = {"64": "16", "128": "8", "256": "4"}  # bf16, by head_dim class
+
+
+def test_auto_is_the_fastest_where_the_h200_shares_rows():
+    """Where the H200's calibration turns shared rows on, auto's N is the fastest choice: the shared-rows build's
+    time from session 26's sweep, every other choice's from session 25's (the kernels they run), within the
+    sweep's tie. The thresholds are session 25's; shared rows must not make another N the better one."""
+    calibration = dispatch.load_calibration((9, 0), H200.name)
+    new = {(r["style"], r["head_dim_class"], r["T"]): r for r in json.loads(SHARED_ROWS_SWEEP.read_text())["sweep"]}
+    old = {(r["style"], r["head_dim_class"], r["T"]): r for r in json.loads(H200_SWEEP.read_text())["sweep"]}
+    checked = 0
+    for key, row in new.items():
+        cls = row["head_dim_class"]
+        hq, hk, d = row["heads"]
+        pairs = row["T"] * (hq + hk)
+        if cls not in SHARED_ROWS_CHOICE or not dispatch.shared_rows_for(pairs * d * 2, calibration):
+            continue
+        times = {**old[key]["times_us"], SHARED_ROWS_CHOICE[cls]: row["times_us"][SHARED_ROWS_CHOICE[cls]]}
+        auto = dispatch.forward_launch(pairs, d, None, H200, 2, row["style"])
+        assert auto.shared_rows, key
+        choice = f"{auto.pairs_per_warp}{'p' if auto.persistent else ''}"
+        assert times[choice] <= min(times.values()) * (1 + row["tie"]), (key, choice, times)
+        checked += 1
+    assert checked == 16  # T >= 4096 for 128 and 256, T >= 16384 for 64, both styles

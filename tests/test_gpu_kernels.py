@@ -170,6 +170,33 @@ def test_positions_read_as_words(pos_dtype, head_dim):
                     assert_close(a, e.astype(jnp.bfloat16), jnp.bfloat16, f"{pos_dtype} N={n} {style}")
 
 
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("shared", [False, True], ids=["held_rows", "shared_rows"])
+def test_warps_spanning_tokens_read_each_tokens_row(shared, dtype, head_dim):
+    """A lane group of several pairs reuses its token's cos/sin: held in registers, or (shared rows, where a
+    build has them) copied for the warp's first and last token into shared memory, a pair of a token between
+    them reading its own. 2, 5 and 16 heads per token at N = 4, 8, 16 give warps of one, two and up to eight
+    tokens, and every token its own position."""
+    keys = jax.random.split(jax.random.PRNGKey(head_dim + 29), 4)
+    tokens = (301,)
+    rows = 4096
+    cache = qkr.rope_cos_sin_cache(rows, head_dim)
+    positions = jax.random.permutation(keys[0], rows)[: tokens[0]].astype(jnp.int32)  # distinct rows
+    w = random_weight(keys[3], head_dim, dtype)
+    for hq, hk in ((1, 1), (3, 2), (9, 7)):
+        q = random_heads(keys[1], tokens, hq, head_dim, dtype)
+        k = random_heads(keys[2], tokens, hk, head_dim, dtype)
+        for n in (4, 8, 16):
+            for style in ("neox", "gptj"):
+                with dispatch.override_choice(n), dispatch.override_shared_rows(shared):  # lowered under them
+                    out = jax.jit(lambda q, k, p, s=style: qkr.fused(q, k, p, w, w, style=s, cos_sin_cache=cache))(
+                        q, k, positions)
+                expected = ref.fused(q, k, positions, w, w, style=style, cos_sin_cache=cache)
+                for a, e in zip(out, expected, strict=True):
+                    assert_close(a, e.astype(dtype), dtype, f"({hq}, {hk}) N={n} {style} shared={shared}")
+
+
 # (dtype, head_dim, N) where a lane group of the tuned forward holds two pairs: the builds of its persistent
 # (streaming) kernel.
 STREAMING_BUILDS = [(jnp.bfloat16, 64, 16), (jnp.bfloat16, 128, 8), (jnp.bfloat16, 256, 4), (jnp.float16, 128, 8),
@@ -246,6 +273,34 @@ def test_l2_policies_leave_results_unchanged(dtype, head_dim):
                                  (16, "gptj", jnp.bfloat16), ("16p", "neox", jnp.float32)]:
         kw = dict(style=style, cos_sin_cache=qkr.rope_cos_sin_cache(3000, head_dim).astype(table))
         assert_l2_policies_agree(inputs, choice, kw, dtype, f"N={choice} {style}")
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_shared_rows_match_held_rows_bit_for_bit(dtype, head_dim):
+    """Copying the cos/sin rows into shared memory changes where a lane reads them, never a value: at every N,
+    both styles, a k weight missing with an offset, and the packed layout (V copied), shared rows give the
+    held rows' results bit for bit, and those match the reference."""
+    q, k, w, positions, qkv = l2_policy_inputs(head_dim + 19, head_dim, dtype)
+    cache = qkr.rope_cos_sin_cache(3000, head_dim)
+    for n in (2, 4, 8, 16):
+        for style in ("neox", "gptj"):
+            for wk, offset in ((w, 0.0), (None, 1.0)):
+                kw = dict(style=style, cos_sin_cache=cache, weight_offset=offset)
+                results = []
+                for shared in (False, True):
+                    with dispatch.override_choice(n), dispatch.override_shared_rows(shared):
+                        out = jax.jit(lambda q, k, p, wk=wk, kw=kw: qkr.fused(q, k, p, w, wk, **kw))(q, k, positions)
+                        packed = jax.jit(lambda x, p, wk=wk, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, wk, **kw))(
+                            qkv, positions)
+                    results.append((*out, packed))
+                label = f"N={n} {style} offset {offset}"
+                for a, b in zip(*results, strict=True):
+                    assert jnp.array_equal(a, b), f"{label}: shared rows differ from held rows"
+                expected = ref.fused(q, k, positions, w, wk, **kw)
+                for a, e in zip(results[1][:2], expected, strict=True):
+                    assert_close(a, e.astype(dtype), dtype, label)
+                assert jnp.array_equal(results[1][2][:, 10 * head_dim :], qkv[:, 10 * head_dim :])
 
 
 @pytest.mark.parametrize("head_dim", (66, 80, 128, 192, 512))

@@ -46,6 +46,7 @@ def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
     assert attribute(text, "qkrope_fwd", "prefetch_pairs") == f"{expected.prefetch_pairs} : i64"
     assert attribute(text, "qkrope_fwd", "persistent") == str(expected.persistent).lower()
     assert attribute(text, "qkrope_fwd", "l2_policy") == f"{expected.l2_policy} : i64"
+    assert attribute(text, "qkrope_fwd", "shared_rows") == str(expected.shared_rows).lower()
     if facts is dispatch.UNKNOWN_GPU:  # the conservative default table
         assert expected.pairs_per_warp == dispatch.pick_from_thresholds(
             dispatch.DEFAULT_FORWARD_THRESHOLDS, tokens * (hq + hk))
@@ -90,6 +91,30 @@ def test_l2_policy_keeps_outputs_up_to_the_calibrated_size():
         assert launch(tokens_within + 1).l2_policy == keep
     with pytest.raises(ValueError, match="l2_policy"):
         dispatch.override_l2_policy(7)
+
+
+def test_shared_rows_from_the_calibrated_size_on_calibrated_devices_only():
+    """The tuned forward's cos/sin rows go through shared memory from the calibration's shared_rows_min_bytes
+    of q and k on; never without the entry (the H100's file), on unknown devices, or below it. An override
+    wins on known devices."""
+    assert dispatch.shared_rows_for(100, {"shared_rows_min_bytes": 100})
+    assert not dispatch.shared_rows_for(99, {"shared_rows_min_bytes": 100})
+    assert not dispatch.shared_rows_for(10**12, {"shared_rows_min_bytes": 0})
+    assert not dispatch.shared_rows_for(10**12, {})
+    assert not dispatch.shared_rows_for(10**12, None)
+    h200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
+    limit = dispatch.load_calibration((9, 0), h200.name)["shared_rows_min_bytes"]
+    tokens_from = -(-limit // (40 * 128 * 2))  # (32, 8, 128) bf16: 20 KiB of q and k per token
+    launch = lambda tokens, facts=h200: dispatch.forward_launch(tokens * 40, 128, None, facts, 2)  # noqa: E731
+    assert launch(tokens_from).shared_rows
+    assert not launch(tokens_from - 1).shared_rows
+    assert not launch(65536, H100).shared_rows  # no entry in the H100's calibration
+    assert not launch(65536, dispatch.UNKNOWN_GPU).shared_rows
+    with dispatch.override_shared_rows(False):
+        assert launch(tokens_from).ffi_attributes()["shared_rows"] is False
+    with dispatch.override_shared_rows(True):
+        assert launch(1, H100).shared_rows
+        assert not launch(1, dispatch.UNKNOWN_GPU).shared_rows
 
 
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():

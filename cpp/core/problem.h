@@ -76,6 +76,9 @@ struct Launch {
   // Tuned forward for the common inputs with two pairs per lane group: a grid of resident warps looping
   // over their tasks, the next one's loads in flight while the current one computes. Others ignore it.
   bool persistent = false;
+  // Tuned forward for the common inputs at full rotary with two pairs per lane group: each warp copies its
+  // tokens' cos/sin rows into shared memory (fewer registers, more latency per warp). Others ignore it.
+  bool shared_rows = false;
   // The forward kernels' L2 policy for their head traffic (an L2Policy value; the backward ignores it).
   int32_t l2_policy = 0;
 };

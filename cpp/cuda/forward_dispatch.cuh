@@ -20,6 +20,22 @@ struct ForwardTuned {
   };
 };
 
+// The tuned forward for the common inputs at full rotary with its cos/sin rows in shared memory
+// (Launch::shared_rows) where a build has that variant (kSharedRowsBuild), the plain one elsewhere.
+struct ForwardTunedSharedRows {
+  template <typename T, int D, int N, Style S>
+  struct Family {
+    static constexpr int kPairs = N == 16 ? kSixteenOr8<T, D, S> : N;
+    static TunedChoice<void (*)(KernelArgs)> choice() {
+      if constexpr (kSharedRowsBuild<T, D, kPairs, S>) {
+        return {forward_tuned_kernel<T, D, kPairs, S, Inputs::kCommon, false, true>, kPairs, 0};
+      } else {
+        return ForwardTuned<Inputs::kCommon>::Family<T, D, N, S>::choice();
+      }
+    }
+  };
+};
+
 // The tuned forward for partial-rotary neox (tuned_partial_neox); plain grid only.
 template <Inputs In>
 struct ForwardTunedPartial {
@@ -69,9 +85,10 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   dim3 grid;
   if (use_tuned<T>(p)) {
     const int n = launch.pairs_per_warp;
-    const auto choice = launch.persistent && common_inputs<T>(args) && !tuned_partial_neox<T>(p)
-                            ? pick_tuned<ForwardStreaming::Family, T>(p, n)
-                            : pick_tuned_kernel<ForwardTuned, ForwardTunedPartial, T>(args, n);
+    const bool common_full = common_inputs<T>(args) && !tuned_partial_neox<T>(p);
+    const auto choice = launch.persistent && common_full    ? pick_tuned<ForwardStreaming::Family, T>(p, n)
+                        : launch.shared_rows && common_full ? pick_tuned<ForwardTunedSharedRows::Family, T>(p, n)
+                                                            : pick_tuned_kernel<ForwardTuned, ForwardTunedPartial, T>(args, n);
     if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
     if (choice.persistent) {
       int64_t resident = 0;

@@ -2,17 +2,27 @@
 //
 // forward_tuned: head_dim fixed at compile time (64, 128, 256), any gptj, and neox at full rotary or with
 //   a rotary half of whole chunks (TunedLane); all of a lane's data stays in registers and a warp reuses
-//   one cos/sin load for the pairs of a token. Built twice: for any inputs, and for the common ones
-//   (Inputs::kCommon) without run-time type switches.
+//   one cos/sin load for the pairs of a token (held in registers, or in shared memory: tuned_angles.cuh).
+//   Built twice: for any inputs, and for the common ones (Inputs::kCommon) without run-time type switches.
 // forward_generic: any even head_dim <= 512 and any rotary_dim; chunk slots predicated, a warp's loads
 //   all in flight at once, weights staged per block; neox partners held by one lane (PairedLayout) or,
 //   where the rotary half is not whole chunks, exchanged through shared memory.
 #pragma once
 
 #include "cuda/device_common.cuh"
+#include "cuda/tuned_angles.cuh"
 #include "cuda/tuned_layout.cuh"
 
 namespace qkrope::cuda {
+
+// The tuned forward builds with a shared-memory variant (SharedRows): two pairs per lane group. The
+// registers it frees take them across an occupancy step (bf16: 80 -> 72, 24 -> 28 warps per SM for 128-dim
+// heads at N = 8): 1-4% faster on the H200 from 32 MiB of q and k, 2-12% slower at T = 512-2048, where a
+// warp's extra latency (copy, wait, shared-memory reads) shows (Launch::shared_rows picks by size). At four pairs
+// (126 -> 104 registers, 16 warps per SM either way) only the reads remain: 2-7% slower at all T
+// (results/run23_shared_rows).
+template <typename T, int D, int N, Style S>
+inline constexpr bool kSharedRowsBuild = TunedLayout<T, D, N, S>::I == 2;
 
 // Rotates pairs in registers by +angle (sign = 1) or -angle (sign = -1).
 template <typename Lay, Style S>
@@ -38,68 +48,24 @@ __device__ __forceinline__ void rotate_tuned(float (&v)[Lay::SL][Lay::C], const 
   }
 }
 
-// cos/sin of every run a lane of the tuned layout needs for one token's position (the identity for a
-// pass-through lane of partial-rotary neox, which reads nothing; decided at compile time, so the other
-// builds' PTX is what it was before the partial layout).
-template <typename Lay, Inputs In, typename Lane>
-__device__ __forceinline__ void load_tuned_angles(const KernelArgs& a, int64_t position, const Lane& lane,
-                                                  float (&c)[Lay::AS][Lay::NA], float (&s)[Lay::AS][Lay::NA]) {
-  if constexpr (Lane::kPartial) {
-    if (!lane.partners) {
-#pragma unroll
-      for (int r = 0; r < Lay::AS; ++r) identity_angles<Lay::NA>(c[r], s[r]);
-      return;
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < Lay::AS; ++r) load_angles<Lay::NA, In>(a, position, Lay::angle_start(r, lane.gl), c[r], s[r]);
-}
-
-// Where the I pairs of one lane group live: validity, token, head group and element offset.
-template <int I>
-struct PairSlots {
-  bool valid[I];
-  int64_t token[I];
-  int group[I];
-  int64_t offset[I];
-
-  // Pairs first_pair + i * stride, valid below `end`.
-  __device__ __forceinline__ void locate(const Problem& p, int64_t first_pair, int stride, int64_t end) {
-    const int heads = p.total_heads();
-    PairCursor cur(first_pair, heads);
-#pragma unroll
-    for (int i = 0; i < I; ++i) {
-      valid[i] = first_pair + static_cast<int64_t>(i) * stride < end;
-      token[i] = cur.token;
-      int local = 0;
-      group[i] = split_head(p, cur.head, &local);
-      offset[i] = head_offset(p, group[i], cur.token, local);
-      cur.advance(stride, heads);
-    }
-  }
-};
-
 // Normalises, scales, rotates and stores the I pairs of a lane group's slots (`at`, data `raw`, the chunks
-// of `lane`) under the store policy of `cache`. The angles held (cs, sn) are those of token `angles_token`;
-// a pair of another token loads its own. scale_at(i, s, j): the weight scale of element j of chunk s of
-// pair i. Every lane of the warp calls it (group sums).
-template <typename T, typename Lay, Inputs In, Style S, typename Position, typename Lane, typename ScaleAt>
+// of `lane`) under the store policy of `cache`, with each pair's cos/sin from `angles` (HeldAngles or
+// SharedRows). scale_at(i, s, j): the weight scale of element j of chunk s of pair i. Every lane of the warp
+// calls it (group sums).
+template <typename T, typename Lay, Style S, typename Position, typename Lane, typename Angles, typename ScaleAt>
 __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const PairSlots<Lay::I>& at,
                                                     const Position (&position)[Lay::I],
                                                     const Chunk<T, Lay::C> (&raw)[Lay::I][Lay::SL], const Lane& lane,
-                                                    float (&cs)[Lay::AS][Lay::NA], float (&sn)[Lay::AS][Lay::NA],
-                                                    int64_t& angles_token, const HeadCachePolicy& cache,
+                                                    Angles& angles, float* rows, const HeadCachePolicy& cache,
                                                     ScaleAt scale_at) {
   constexpr int D = Lay::E * Lay::L, C = Lay::C, SL = Lay::SL;
   const Problem& p = a.p;
 #pragma unroll
   for (int i = 0; i < Lay::I; ++i) {
-    if (at.valid[i] && at.group[i] < 2 && at.token[i] != angles_token) {
-      load_tuned_angles<Lay, In>(a, position[i].value(p), lane, cs, sn);
-      angles_token = at.token[i];
-    }
+    angles.prepare(a, at, i, position, lane);
     float v[SL][C];
     const float sumsq = group_sum<Lay::L>(unpack_sum_of_squares(raw[i], v));  // every lane, valid or not
+    if (i == 0) angles.arrived();  // every lane
     if (!at.valid[i]) continue;
     T* dst = static_cast<T*>(p.group[at.group[i]].out) + at.offset[i];
     if (at.group[i] == 2) {  // V of an unaliased packed qkv: copy
@@ -113,6 +79,8 @@ __device__ __forceinline__ void forward_tuned_pairs(const KernelArgs& a, const P
 #pragma unroll
       for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * scale_at(i, s, j);
     }
+    float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+    angles.get(a, at, i, position, lane, rows, cs, sn);
     rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
 #pragma unroll
     for (int s = 0; s < SL; ++s) {
@@ -150,10 +118,14 @@ __device__ __forceinline__ void fetch_tuned_pairs(const Problem& p, const PairSl
 // Blocks of kMaxThreads the streaming kernel is built to fit per SM (at most 128 registers).
 constexpr int kStreamingMinBlocks = 2;
 
-// Partial: neox with rotary_dim < D in TunedLane's partial layout (the rotary half whole chunks).
-template <typename T, int D, int N, Style S, Inputs In, bool Partial = false>
+// Partial: neox with rotary_dim < D in TunedLane's partial layout (the rotary half whole chunks). Shared:
+// the warp's cos/sin rows through shared memory (SharedRows), for two pairs per lane group and the common
+// inputs at full rotary (kSharedRowsBuild).
+template <typename T, int D, int N, Style S, Inputs In, bool Partial = false, bool Shared = false>
 __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const KernelArgs a) {
   static_assert(!Partial || S == Style::kNeox, "gptj reaches any rotary_dim with the plain layout");
+  static_assert(!Shared || (kSharedRowsBuild<T, D, N, S> && In == Inputs::kCommon && !Partial),
+                "shared rows: two pairs per lane group, common inputs, full rotary");
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int L = Lay::L, G = Lay::G, I = Lay::I, C = Lay::C, SL = Lay::SL;
   // Several pairs per lane group: the block stages both weights in shared memory once (per-pair weight
@@ -195,6 +167,9 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   }
   StagedScales<T, D> staged;
   if constexpr (kStaged && In == Inputs::kCommon) staged.fetch(p);
+  // The L2 prefetch for warps a wave ahead, after the warp's own loads: ahead of them, its pair -> token
+  // divisions delayed them (7-8% slower at T = 65536 on the H200 for the builds of one pair per lane group,
+  // though it cut 128-dim bf16 heads at N = 8 from 72 to 64 registers: results/run23_shared_rows).
   RowPrefetch<Position> ahead;
   if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
   // The first token's cos/sin before any block barrier (staged weights), so its position -> row chain
@@ -203,12 +178,16 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // row they do not use); behind the branch, the compiler hoisted the norm's first use of the data above
   // the row's load, so the row was requested only once the data had arrived. The staged builds keep the
   // branch: without it (16, 2, 256) at T = 65536, N = 8, ran 7% slower on the H100 (BENCHMARKS, Session 22).
+  // Shared: the warp's rows go through shared memory instead (SharedRows).
   constexpr bool kBranchFreeFirstRow = In == Inputs::kCommon && !kStaged;
-  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
-  int64_t angles_token = -1;
-  if (kBranchFreeFirstRow || (at.valid[0] && at.group[0] < 2)) {
-    load_tuned_angles<Lay, In>(a, position[0].value(p), lane, cs, sn);
-    angles_token = at.token[0];
+  constexpr bool kSharedRows = Shared;
+  using Angles = std::conditional_t<kSharedRows, SharedRows<Lay, D>, HeldAngles<Lay, In>>;
+  __shared__ __align__(16) float rows[kSharedRows ? SharedRows<Lay, D>::kFloats : 1];
+  Angles angles;
+  if constexpr (kSharedRows) {
+    angles.begin(a, at, position, lane, rows);
+  } else {
+    angles.begin(a, at, position, lane, kBranchFreeFirstRow);
   }
   if constexpr (kStaged) {
     if constexpr (In == Inputs::kCommon) {
@@ -217,14 +196,18 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       stage_scales<D>(p, &scale[0][0]);
     }
   }
-  forward_tuned_pairs<T, Lay, In, S>(a, at, position, raw, lane, cs, sn, angles_token, cache, [&](int i, int s, int j) {
+  // Shared rows: the prefetch is finished before the pairs, as measured (results/run23_shared_rows). With
+  // held angles, after them: finished before four pairs per lane group, it held back the first pair's
+  // arithmetic until every load of the warp had arrived (7-10% slower at T = 65536 on the H200).
+  if constexpr (kSharedRows) ahead.finish(p);
+  forward_tuned_pairs<T, Lay, S>(a, at, position, raw, lane, angles, rows, cache, [&](int i, int s, int j) {
     if constexpr (kStaged) {
       return scale[at.group[i] & 1][lane.chunk(s) + j];
     } else {
       return w_early[s][j];
     }
   });
-  ahead.finish(p);
+  if constexpr (!kSharedRows) ahead.finish(p);
 }
 
 // forward_tuned for the common inputs with several pairs per lane group, on a grid of resident warps only
@@ -257,12 +240,8 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   staged.fetch(p);
   RowPrefetch<PositionWords> ahead;
   if (a.prefetch_pairs > 0) ahead.begin(p, task * N + a.prefetch_pairs, N);
-  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
-  int64_t angles_token = -1;
-  if (at.valid[0] && at.group[0] < 2) {
-    load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), lane, cs, sn);
-    angles_token = at.token[0];
-  }
+  HeldAngles<Lay, Inputs::kCommon> angles;
+  angles.begin(a, at, position, lane, false);
   staged.commit(p, &scale[0][0]);  // every warp of the block, with a task or without
   ahead.finish(p);
   const auto scale_at = [&](int i, int s, int j) { return scale[at.group[i] & 1][lane.chunk(s) + j]; };
@@ -280,7 +259,7 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
       fetch_tuned_pairs<T, Lay>(p, next_at, lane, cache, next_position, next_raw);
       if (a.prefetch_pairs > 0) next_ahead.begin(p, next * N + a.prefetch_pairs, N);
     }
-    forward_tuned_pairs<T, Lay, Inputs::kCommon, S>(a, at, position, raw, lane, cs, sn, angles_token, cache, scale_at);
+    forward_tuned_pairs<T, Lay, S>(a, at, position, raw, lane, angles, nullptr, cache, scale_at);
     if (!more) break;
     next_ahead.finish(p);
     task = next;
@@ -292,10 +271,7 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
       for (int s = 0; s < SL; ++s) raw[i][s] = next_raw[i][s];
     }
     // The next task's first cos/sin, requested as soon as this task no longer needs the registers.
-    if (at.valid[0] && at.group[0] < 2 && at.token[0] != angles_token) {
-      load_tuned_angles<Lay, Inputs::kCommon>(a, position[0].value(p), lane, cs, sn);
-      angles_token = at.token[0];
-    }
+    angles.prepare(a, at, 0, position, lane);
   }
 }
 

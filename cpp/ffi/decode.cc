@@ -68,13 +68,14 @@ ffi::Error get_attr(const ffi::Dictionary& attrs, const char* name, T* value) {
 ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) {
   int64_t style = 0, rotary_dim = 0, pairs_per_warp = 0, warps_per_block = 0, prefetch_pairs = 0, l2_policy = 0;
   float eps = 0.0f, weight_offset = 0.0f;
-  bool pdl = false, persistent = false;
+  bool pdl = false, persistent = false, shared_rows = false;
   for (ffi::Error e : {get_attr(attrs, "style", &style), get_attr(attrs, "rotary_dim", &rotary_dim),
                        get_attr(attrs, "eps", &eps), get_attr(attrs, "weight_offset", &weight_offset),
                        get_attr(attrs, "pairs_per_warp", &pairs_per_warp),
                        get_attr(attrs, "warps_per_block", &warps_per_block), get_attr(attrs, "pdl", &pdl),
                        get_attr(attrs, "prefetch_pairs", &prefetch_pairs),
-                       get_attr(attrs, "persistent", &persistent), get_attr(attrs, "l2_policy", &l2_policy)}) {
+                       get_attr(attrs, "persistent", &persistent), get_attr(attrs, "shared_rows", &shared_rows),
+                       get_attr(attrs, "l2_policy", &l2_policy)}) {
     if (e.failure()) return e;
   }
   if (style != 0 && style != 1) return invalid("style must be 0 (neox) or 1 (gptj), got " + std::to_string(style));
@@ -96,6 +97,7 @@ ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) 
   launch.pdl = pdl;
   launch.prefetch_pairs = static_cast<int32_t>(prefetch_pairs);
   launch.persistent = persistent;
+  launch.shared_rows = shared_rows;
   launch.l2_policy = static_cast<int32_t>(l2_policy);
   if (rotary_dim < 2 || rotary_dim % 2 != 0) return invalid("rotary_dim must be even and >= 2");
   return ffi::Error::Success();
