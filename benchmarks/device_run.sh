@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
+#   ab_builds with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
 # after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
@@ -261,6 +261,23 @@ with_baseline() {
   ) || status=$?
   rm -rf cpp && cp -r "$saved" cpp && build > /dev/null || status=$?
   return $status
+}
+# A/B of extension builds made elsewhere (no build on the device): AB_BUILDS names gzipped builds
+# benchmarks/.baseline/NAME.so.gz (carried; not committed). One round installs them in turn as the package's
+# extension and runs kernel_variants.py --forward-only $AB_ARGS into $OUT/ab_NAME_ROUND; name the stage
+# several times for several rounds (each packed when done), so drift between the builds cancels. The last
+# build named stays installed. Run with PYTHONPATH at the tree.
+ab_builds() {
+  local ext round name builds
+  ext="jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+  read -ra builds <<< "${AB_BUILDS:?}"
+  round=$(($(find "$OUT" -maxdepth 1 -name 'ab_*.log' | wc -l) / ${#builds[@]} + 1))
+  for name in "${builds[@]}"; do
+    gunzip -c "benchmarks/.baseline/$name.so.gz" > "$ext" || return 1
+    # shellcheck disable=SC2086
+    python3 benchmarks/kernel_variants.py --forward-only --out "$OUT/ab_${name}_$round" ${AB_ARGS:-} 2>&1 \
+      | tee "$OUT/ab_${name}_$round.log" | grep -v "^\[" | tail -40
+  done
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
 

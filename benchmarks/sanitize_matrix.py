@@ -5,10 +5,13 @@ and with a float32 cache (the common-input builds), the forward's cos/sin prefet
 tuned forward, plus the packed layout with and without aliasing. Checks results too.
 
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck python benchmarks/sanitize_matrix.py
+
+SANITIZE_HEAD_DIMS (comma-separated) narrows the head_dims, for a run on the kernels of a few of them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -19,7 +22,7 @@ import jax_qkrope as qkr
 from jax_qkrope import dispatch
 from jax_qkrope import reference as ref
 
-HEAD_DIMS = (64, 128, 256, 80, 66)
+HEAD_DIMS = tuple(int(d) for d in os.environ.get("SANITIZE_HEAD_DIMS", "64,128,256,80,66").split(","))
 TOKENS = (1, 3, 17)
 
 
@@ -128,6 +131,25 @@ def run_matrix() -> float:
                             out = jax.jit(lambda q, k, p, w, kw=kw: qkr.fused(q, k, p, w, w, **kw))(q, k, p, w)
                         err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
                         worst = max(worst, checked(err, f"tuned d={d} N={choice} l2_policy={policy} {style}"))
+        # The tuned forward with its cos/sin rows copied into shared memory (cp.async), forced on: the builds
+        # that have that variant (two pairs per lane group) and the others, which ignore it; 7 heads per token
+        # give warps of one, two and three tokens; the packed layout copies V.
+        if d in (64, 128, 256):
+            q = jax.random.normal(jax.random.PRNGKey(d + 17), (45, 5, d), jnp.bfloat16)
+            k = jax.random.normal(jax.random.PRNGKey(d + 18), (45, 2, d), jnp.bfloat16)
+            p = jax.random.randint(jax.random.PRNGKey(d + 19), (45,), 0, 100)
+            w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 20), (d,))).astype(jnp.bfloat16)
+            qkv = jax.random.normal(jax.random.PRNGKey(d + 21), (45, 9 * d), jnp.bfloat16)
+            for n in (4, 8, 16):
+                for style in ("neox", "gptj"):
+                    kw = dict(style=style, cos_sin_cache=qkr.rope_cos_sin_cache(100, d))
+                    with dispatch.override_choice(n), dispatch.override_shared_rows(True):
+                        out = jax.jit(lambda q, k, p, w, kw=kw: qkr.fused(q, k, p, w, w, **kw))(q, k, p, w)
+                        packed = jax.jit(lambda x, p, w, kw=kw: qkr.fused_qkv(x, p, 5, 2, w, w, **kw))(qkv, p, w)
+                    err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
+                    err = max(err, rel(packed.astype(jnp.float32),
+                                       ref.fused_qkv(qkv, p, 5, 2, w, w, **kw).astype(jnp.float32)))
+                    worst = max(worst, checked(err, f"shared rows d={d} N={n} {style}"))
         # The backward on one 1-warp block per SM, so each warp runs several tasks: the generic kernel
         # copies a task's data into shared memory while it computes the one before; partial-rotary neox
         # runs the tuned backward's partial layout at 64/128/256.
