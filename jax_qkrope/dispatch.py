@@ -316,8 +316,8 @@ def shared_rows_for(head_bytes: int, calibration: dict | None) -> bool:
     """Whether the tuned forward copies its cos/sin rows into shared memory, for q and k of head_bytes: from
     the calibration's shared_rows_min_bytes (absent or 0: never). The kernels that hold the rows in shared
     memory need fewer registers, so more warps fit, but each warp takes longer: on the H200 they are 1-4%
-    faster from about 32 MiB of heads and 3-6% slower below (BENCHMARKS.md, session 26). The C++ side takes
-    them only where a build has them (two pairs per lane group, common inputs, full rotary)."""
+    faster from about 32 MiB of heads and 2-12% slower at T = 512-2048 (BENCHMARKS.md, session 26). The C++
+    side takes them only where a build has them (two pairs per lane group, common inputs, full rotary)."""
     limit = int((calibration or {}).get("shared_rows_min_bytes", 0))
     return limit > 0 and head_bytes >= limit
 

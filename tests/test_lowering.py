@@ -104,7 +104,7 @@ def test_shared_rows_from_the_calibrated_size_on_calibrated_devices_only():
     assert not dispatch.shared_rows_for(10**12, None)
     h200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
     limit = dispatch.load_calibration((9, 0), h200.name)["shared_rows_min_bytes"]
-    tokens_from = -(-limit // (40 * 128 * 2))  # (32, 8, 128) bf16: 20 KiB of q and k per token
+    tokens_from = -(-limit // (40 * 128 * 2))  # (32, 8, 128) bf16: 10 KiB of q and k per token
     launch = lambda tokens, facts=h200: dispatch.forward_launch(tokens * 40, 128, None, facts, 2)  # noqa: E731
     assert launch(tokens_from).shared_rows
     assert not launch(tokens_from - 1).shared_rows

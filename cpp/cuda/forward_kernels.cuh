@@ -180,11 +180,10 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // branch: without it (16, 2, 256) at T = 65536, N = 8, ran 7% slower on the H100 (BENCHMARKS, Session 22).
   // Shared: the warp's rows go through shared memory instead (SharedRows).
   constexpr bool kBranchFreeFirstRow = In == Inputs::kCommon && !kStaged;
-  constexpr bool kSharedRows = Shared;
-  using Angles = std::conditional_t<kSharedRows, SharedRows<Lay, D>, HeldAngles<Lay, In>>;
-  __shared__ __align__(16) float rows[kSharedRows ? SharedRows<Lay, D>::kFloats : 1];
+  using Angles = std::conditional_t<Shared, SharedRows<Lay, D>, HeldAngles<Lay, In>>;
+  __shared__ __align__(16) float rows[Shared ? SharedRows<Lay, D>::kFloats : 1];
   Angles angles;
-  if constexpr (kSharedRows) {
+  if constexpr (Shared) {
     angles.begin(a, at, position, lane, rows);
   } else {
     angles.begin(a, at, position, lane, kBranchFreeFirstRow);
@@ -199,7 +198,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   // Shared rows: the prefetch is finished before the pairs, as measured (results/run23_shared_rows). With
   // held angles, after them: finished before four pairs per lane group, it held back the first pair's
   // arithmetic until every load of the warp had arrived (7-10% slower at T = 65536 on the H200).
-  if constexpr (kSharedRows) ahead.finish(p);
+  if constexpr (Shared) ahead.finish(p);
   forward_tuned_pairs<T, Lay, S>(a, at, position, raw, lane, angles, rows, cache, [&](int i, int s, int j) {
     if constexpr (kStaged) {
       return scale[at.group[i] & 1][lane.chunk(s) + j];
@@ -207,7 +206,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
       return w_early[s][j];
     }
   });
-  if constexpr (!kSharedRows) ahead.finish(p);
+  if constexpr (!Shared) ahead.finish(p);
 }
 
 // forward_tuned for the common inputs with several pairs per lane group, on a grid of resident warps only

@@ -114,10 +114,10 @@ class SharedRows {
     const int lane_id = threadIdx.x % kWarp;
     float* rows = warp_rows(smem);
     // Lane 0 holds the warp's first pair, lane 31 its last (pairs past the end: the last token's).
-    const int64_t first_position = shfl_position(position[0].value(p), 0);
-    const int64_t last_position = shfl_position(position[Lay::I - 1].value(p), kWarp - 1);
-    const int64_t first = __shfl_sync(0xffffffffu, static_cast<long long>(at.token[0]), 0);
-    const int64_t last = __shfl_sync(0xffffffffu, static_cast<long long>(at.token[Lay::I - 1]), kWarp - 1);
+    const int64_t first_position = shfl64(position[0].value(p), 0);
+    const int64_t last_position = shfl64(position[Lay::I - 1].value(p), kWarp - 1);
+    const int64_t first = shfl64(at.token[0], 0);
+    const int64_t last = shfl64(at.token[Lay::I - 1], kWarp - 1);
     copy_row(p, first_position, rows, lane_id);
     if (last != first) copy_row(p, last_position, rows + D, lane_id);
     copy_async_commit();
@@ -161,7 +161,7 @@ class SharedRows {
 
   // Recomputed where used rather than held: a generic pointer costs two registers.
   __device__ __forceinline__ static float* warp_rows(float* smem) { return smem + (threadIdx.x / kWarp) * 2 * D; }
-  __device__ __forceinline__ static int64_t shfl_position(int64_t v, int src) {
+  __device__ __forceinline__ static int64_t shfl64(int64_t v, int src) {
     return static_cast<int64_t>(__shfl_sync(0xffffffffu, static_cast<long long>(v), src));
   }
   __device__ __forceinline__ static void copy_row(const Problem& p, int64_t position, float* dst, int lane_id) {
