@@ -1,6 +1,11 @@
 // The Python extension: hands out the FFI handler capsules and reports how it was built.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 
+#include <cstdint>
+#include <vector>
+
+#include "core/fast_divisor.h"
 #include "ffi/handlers.h"
 #include "ffi/poison.h"
 #include "xla/ffi/api/c_api.h"
@@ -45,6 +50,16 @@ NB_MODULE(_qkrope, m) {
   m.def(
       "set_poison_outputs", [](bool on) { qkrope::poison_outputs_flag().store(on); },
       "Test hook: NaN-fill every non-aliased output before the kernels run.");
+  m.def(
+      "_fast_divide",
+      [](uint32_t divisor, const std::vector<uint32_t>& dividends) {
+        const qkrope::FastDivisor d = qkrope::FastDivisor::make(divisor);
+        std::vector<uint32_t> q;
+        q.reserve(dividends.size());
+        for (uint32_t n : dividends) q.push_back(d.divide(n));
+        return q;
+      },
+      "Test hook: the kernels' pair -> token division (FastDivisor), on the host, of dividends < 2^31.");
   m.attr("ffi_api_version") = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
 #ifdef QKROPE_WITH_CUDA
   m.attr("has_cuda") = true;

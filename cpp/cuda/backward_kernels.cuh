@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_tuned_kernel(const Kerne
 
   for (int64_t task = span.warp; task < tasks; task += span.warps) {  // warp-uniform
     PairSlots<I> at;
-    at.locate(p, span.begin + task * N + grp, G, span.end);
+    at.locate(a, span.begin + task * N + grp, G, span.end);
     Chunk<T, C> xr[I][SL], dyr[I][SL];
 #pragma unroll
     for (int i = 0; i < I; ++i) {
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kMaxThreads, (kGenericBackwardMinBlocks<T, C, 
   wait_for_previous_kernel(a.pdl);
   const Problem& p = a.p;
   const auto lay = make_generic_layout<Paired>(p, lanes_per_head, C);
-  const int dim = p.head_dim, heads = p.total_heads();
+  const int dim = p.head_dim;
   const int warp_in_block = static_cast<int>(threadIdx.x / kWarp);
   const BackwardSmem plan{dim, static_cast<int>(blockDim.x / kWarp), Paired || S == Style::kGptj ? 0 : lay.G,
                           rounds};
@@ -288,9 +288,9 @@ __global__ void __launch_bounds__(kMaxThreads, (kGenericBackwardMinBlocks<T, C, 
     const int64_t begin = span.begin + task * per_task;
     const int64_t last = begin + per_task < span.end ? begin + per_task : span.end;
     int64_t pair = begin + lay.grp;
-    PairCursor cur(pair, heads);
+    PairCursor cur(pair, a.heads);
 #pragma unroll
-    for (int i = 0; i < R; ++i, pair += lay.G, cur.advance(lay.G, heads)) {
+    for (int i = 0; i < R; ++i, pair += lay.G, cur.advance(lay.G, a.heads)) {
       if (i == rounds) break;  // warp-uniform
       visit(i, pair < last, cur);
     }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "core/fast_divisor.h"
 #include "core/problem.h"
 #include "core/rope_math.h"
 
@@ -33,6 +34,9 @@ using AssumedWeight = std::conditional_t<In == Inputs::kCommon, T, void>;
 // Arguments every kernel receives by value.
 struct KernelArgs {
   Problem p;
+  FastDivisor heads;     // p.total_heads(): pair index -> token
+  int64_t total_pairs;   // p.total_pairs()
+  int32_t row_slots_log2;  // RowPrefetch: lanes per cos/sin row, log2 (a power of two >= the lines it spans)
   bool table_vec;   // cos/sin rows (or inv_freq) are 16-byte aligned everywhere a lane reads a run
   bool weight_vec;  // both weights (where present) are 16-byte aligned
   bool pdl;        // wait for the previous kernel through programmatic dependent launch
@@ -91,14 +95,15 @@ struct HeadCachePolicy {
 
   __device__ __forceinline__ HeadCachePolicy(int32_t mode, float keep_fraction) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    uint64_t normal, first, keep;
-    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(normal));
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(first));
-    asm("createpolicy.fractional.L2::evict_last.L2::evict_first.b64 %0, %1;" : "=l"(keep) : "f"(keep_fraction));
-    const bool keep_outputs = mode == static_cast<int32_t>(L2Policy::kKeepOutputs);
-    load = keep_outputs ? first : normal;
-    store = keep_outputs ? keep : normal;
-    hinted = keep_outputs;
+    // Only the policies the mode uses (a uniform branch): the fractional one costs a dozen instructions.
+    if (mode == static_cast<int32_t>(L2Policy::kKeepOutputs)) {
+      asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(load));
+      asm("createpolicy.fractional.L2::evict_last.L2::evict_first.b64 %0, %1;" : "=l"(store) : "f"(keep_fraction));
+      hinted = true;
+    } else {
+      asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(load));
+      store = load;
+    }
 #else
     (void)mode;
     (void)keep_fraction;
@@ -482,24 +487,25 @@ __device__ __forceinline__ int64_t head_offset(const Problem& p, int g, int64_t 
   return token * p.group[g].token_stride + static_cast<int64_t>(local) * p.head_dim;
 }
 
-// Walks the (token, head) pairs of a warp in order without a 64-bit division per pair.
+// Walks the (token, head) pairs of a warp in order without a division per pair.
 struct PairCursor {
   int64_t token;
   int head;
-  __device__ __forceinline__ PairCursor(int64_t pair, int heads) {
-    if (pair <= 0x7fffffff) {  // the common case: a 32-bit division, several times cheaper than 64-bit
-      const uint32_t p32 = static_cast<uint32_t>(pair), t32 = p32 / static_cast<uint32_t>(heads);
+  __device__ __forceinline__ PairCursor(int64_t pair, const FastDivisor& heads) {
+    const int h = static_cast<int>(heads.divisor);
+    if (pair <= 0x7fffffff) {  // the common case: a multiply and a shift (FastDivisor)
+      const uint32_t p32 = static_cast<uint32_t>(pair), t32 = heads.divide(p32);
       token = t32;
-      head = static_cast<int>(p32 - t32 * static_cast<uint32_t>(heads));
+      head = static_cast<int>(p32 - t32 * heads.divisor);
       return;
     }
-    token = pair / heads;
-    head = static_cast<int>(pair - token * heads);
+    token = pair / h;  // more than 2^31 pairs: a 64-bit division
+    head = static_cast<int>(pair - token * h);
   }
-  __device__ __forceinline__ void advance(int step, int heads) {
+  __device__ __forceinline__ void advance(int step, const FastDivisor& heads) {
     head += step;
-    while (head >= heads) {
-      head -= heads;
+    while (head >= static_cast<int>(heads.divisor)) {
+      head -= static_cast<int>(heads.divisor);
       ++token;
     }
   }
@@ -509,43 +515,44 @@ struct PairCursor {
 // [first, first + count), for warps that reach those tokens later: their position -> row chain then
 // hits L2 instead of costing two dependent DRAM round trips, the wait that otherwise keeps a streaming
 // kernel well below copy bandwidth. In two steps so the position load overlaps the caller's own work:
-// begin() loads it, finish() issues the prefetches once it has arrived. Every lane calls both. Position:
-// PositionWords or WidePosition, as the calling kernel holds its own.
+// begin() loads it, finish() issues the prefetches once it has arrived. Every lane calls both. Lanes
+// take 2^a.row_slots_log2 consecutive lanes per token, one 128-byte line each (shifts and masks: a
+// division by the run-time line count cost about 40 instructions per lane). Position: PositionWords or
+// WidePosition, as the calling kernel holds its own.
 template <typename Position>
 class RowPrefetch {
  public:
-  __device__ __forceinline__ void begin(const Problem& p, int64_t first, int count) {
-    if (!p.table.is_cache || first >= p.total_pairs()) return;
-    const int heads = p.total_heads();
-    const PairCursor start(first, heads);
-    const int64_t last_pair = first + count - 1 < p.total_pairs() ? first + count - 1 : p.total_pairs() - 1;
+  __device__ __forceinline__ void begin(const KernelArgs& a, int64_t first, int count) {
+    const Problem& p = a.p;
+    if (!p.table.is_cache || first >= a.total_pairs) return;
+    const PairCursor start(first, a.heads);
+    const int64_t last_pair = first + count - 1 < a.total_pairs ? first + count - 1 : a.total_pairs - 1;
     const int64_t t_first = start.head == 0 ? start.token : start.token + 1;
-    const int64_t t_last = PairCursor(last_pair, heads).token;  // the head-0 pair of t_last is <= last_pair
-    const int row_bytes = p.rotary_dim * elem_bytes(p.table.dtype);
-    const int lines = row_bytes / kLine + 1;  // a row straddles at most this many 128-byte lines
+    // The head-0 pair of t_last is <= last_pair; start.head + count < 2^31.
+    const int64_t t_last = start.token + a.heads.divide(static_cast<uint32_t>(start.head + (last_pair - first)));
     const int lane = threadIdx.x % kWarp;
-    const int64_t token = t_first + lane / lines;
-    if (lane / lines >= kWarp / lines || token > t_last) return;
-    line_ = lane % lines;
-    row_bytes_ = row_bytes;
+    const int64_t token = t_first + (lane >> a.row_slots_log2);
+    if (token > t_last) return;
+    line_ = lane & ((1 << a.row_slots_log2) - 1);
     position_.fetch(p, token);
     active_ = true;
   }
 
   __device__ __forceinline__ void finish(const Problem& p) const {
     if (!active_) return;
+    const int row_bytes = p.rotary_dim * elem_bytes(p.table.dtype);
     const uintptr_t row =
-        reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_.value(p), p.table.rows) * row_bytes_;
+        reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_.value(p), p.table.rows) * row_bytes;
     const uintptr_t line = (row & ~static_cast<uintptr_t>(kLine - 1)) + static_cast<uintptr_t>(line_) * kLine;
-    if (line >= row + row_bytes_) return;  // the row ends before this lane's line
+    if (line >= row + row_bytes) return;  // the row ends before this lane's line
     asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
   }
 
- private:
   static constexpr int kLine = 128;
+
+ private:
   Position position_;
   int line_ = 0;
-  int row_bytes_ = 0;
   bool active_ = false;
 };
 

@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
 
   PairSlots<I> at;
-  at.locate(p, warp * N + grp, G, p.total_pairs());
+  at.locate(a, warp * N + grp, G, a.total_pairs);
   // Every input may come from the previous kernel (positions from an iota, weights from an optimizer
   // step): nothing is read before it has finished.
   wait_for_previous_kernel(a.pdl);
@@ -168,10 +168,10 @@ __global__ void __launch_bounds__(kMaxThreads) forward_tuned_kernel(const Kernel
   StagedScales<T, D> staged;
   if constexpr (kStaged && In == Inputs::kCommon) staged.fetch(p);
   // The L2 prefetch for warps a wave ahead, after the warp's own loads: ahead of them, its pair -> token
-  // divisions delayed them (7-8% slower at T = 65536 on the H200 for the builds of one pair per lane group,
-  // though it cut 128-dim bf16 heads at N = 8 from 72 to 64 registers: results/run23_shared_rows).
+  // divisions (run-time divisions then, before FastDivisor) delayed them (7-8% slower at T = 65536 on the H200
+  // for the builds of one pair per lane group: results/run23_shared_rows).
   RowPrefetch<Position> ahead;
-  if (a.prefetch_pairs > 0) ahead.begin(p, warp * N + a.prefetch_pairs, N);
+  if (a.prefetch_pairs > 0) ahead.begin(a, warp * N + a.prefetch_pairs, N);
   // The first token's cos/sin before any block barrier (staged weights), so its position -> row chain
   // overlaps the data loads rather than starting after them. One pair per lane group, common inputs: no
   // branch (a pair past the end reads the last token's row, PositionWords clamps the token; V's pairs a
@@ -225,11 +225,11 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   const int lane_id = threadIdx.x % kWarp, grp = lane_id / L;
   const TunedLane<Lay, false> lane(lane_id % L, p.rotary_dim);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  const int64_t tasks = (p.total_pairs() + N - 1) / N;
+  const int64_t tasks = (a.total_pairs + N - 1) / N;
   int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
 
   PairSlots<I> at;
-  at.locate(p, task * N + grp, G, p.total_pairs());
+  at.locate(a, task * N + grp, G, a.total_pairs);
   wait_for_previous_kernel(a.pdl);
   PositionWords position[I];
   Chunk<T, C> raw[I][SL];
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
   StagedScales<T, D> staged;
   staged.fetch(p);
   RowPrefetch<PositionWords> ahead;
-  if (a.prefetch_pairs > 0) ahead.begin(p, task * N + a.prefetch_pairs, N);
+  if (a.prefetch_pairs > 0) ahead.begin(a, task * N + a.prefetch_pairs, N);
   HeldAngles<Lay, Inputs::kCommon> angles;
   angles.begin(a, at, position, lane, false);
   staged.commit(p, &scale[0][0]);  // every warp of the block, with a task or without
@@ -254,15 +254,15 @@ __global__ void __launch_bounds__(kMaxThreads, kStreamingMinBlocks) forward_stre
     RowPrefetch<PositionWords> next_ahead;
     if (more) {
       PairSlots<I> next_at;  // located again below: fewer registers live across the arithmetic
-      next_at.locate(p, next * N + grp, G, p.total_pairs());
+      next_at.locate(a, next * N + grp, G, a.total_pairs);
       fetch_tuned_pairs<T, Lay>(p, next_at, lane, cache, next_position, next_raw);
-      if (a.prefetch_pairs > 0) next_ahead.begin(p, next * N + a.prefetch_pairs, N);
+      if (a.prefetch_pairs > 0) next_ahead.begin(a, next * N + a.prefetch_pairs, N);
     }
     forward_tuned_pairs<T, Lay, S>(a, at, position, raw, lane, angles, nullptr, cache, scale_at);
     if (!more) break;
     next_ahead.finish(p);
     task = next;
-    at.locate(p, task * N + grp, G, p.total_pairs());
+    at.locate(a, task * N + grp, G, a.total_pairs);
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       position[i] = next_position[i];
@@ -541,10 +541,10 @@ __device__ __forceinline__ void forward_generic_pairs(const KernelArgs& a, int r
   float* row = Paired ? nullptr : head_row(smem + 2 * p.head_dim, lay, p.head_dim);  // paired: no rows allocated
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int64_t first = warp * lay.G * rounds;
-  const int64_t end = first + lay.G * rounds < p.total_pairs() ? first + lay.G * rounds : p.total_pairs();
+  const int64_t end = first + lay.G * rounds < a.total_pairs ? first + lay.G * rounds : a.total_pairs;
 
   PairSlots<R> at;
-  at.locate(p, first + lay.grp, lay.G, end);  // slots at or past `rounds` are past `end`: invalid
+  at.locate(a, first + lay.grp, lay.G, end);  // slots at or past `rounds` are past `end`: invalid
   const auto load_chunk = [&](Chunk<T, C>& chunk, const T* src) {
     if constexpr (Hinted) {
       chunk.load(src, cache.load);
@@ -577,7 +577,7 @@ __device__ __forceinline__ void forward_generic_pairs(const KernelArgs& a, int r
     }
   }
   RowPrefetch<WidePosition> ahead;
-  if (a.prefetch_pairs > 0) ahead.begin(p, first + a.prefetch_pairs, lay.G * rounds);
+  if (a.prefetch_pairs > 0) ahead.begin(a, first + a.prefetch_pairs, lay.G * rounds);
   // The angles held are those of position `angles_at` (once `have_angles`). Compared by position rather
   // than token: fewer registers live across the loads.
   float cs[KA][C], sn[KA][C];

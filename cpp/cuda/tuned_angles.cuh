@@ -39,9 +39,9 @@ struct PairSlots {
   int64_t offset[I];
 
   // Pairs first_pair + i * stride, valid below `end`.
-  __device__ __forceinline__ void locate(const Problem& p, int64_t first_pair, int stride, int64_t end) {
-    const int heads = p.total_heads();
-    PairCursor cur(first_pair, heads);
+  __device__ __forceinline__ void locate(const KernelArgs& a, int64_t first_pair, int stride, int64_t end) {
+    const Problem& p = a.p;
+    PairCursor cur(first_pair, a.heads);
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       valid[i] = first_pair + static_cast<int64_t>(i) * stride < end;
@@ -49,7 +49,7 @@ struct PairSlots {
       int local = 0;
       group[i] = split_head(p, cur.head, &local);
       offset[i] = head_offset(p, group[i], cur.token, local);
-      cur.advance(stride, heads);
+      cur.advance(stride, a.heads);
     }
   }
 };
