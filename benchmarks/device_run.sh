@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   ab_builds with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
+#   ab_builds ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
 # after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
@@ -277,6 +277,21 @@ ab_builds() {
     # shellcheck disable=SC2086
     python3 benchmarks/kernel_variants.py --forward-only --out "$OUT/ab_${name}_$round" ${AB_ARGS:-} 2>&1 \
       | tee "$OUT/ab_${name}_$round.log" | grep -v "^\[" | tail -40
+  done
+}
+# Instructions executed and kernel time of the tuned forward, build by build (AB_BUILDS, installed as in
+# ab_builds; the last stays): (32, 8, 128) neox at T = 4096 and 65536, N = 4, 8, 16, third call of each.
+ab_ncu_insts() {
+  local ext name builds metrics=gpu__time_duration.sum,smsp__inst_executed.sum,launch__registers_per_thread
+  metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed
+  ext="jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+  read -ra builds <<< "${AB_BUILDS:?}"
+  for name in "${builds[@]}"; do
+    gunzip -c "benchmarks/.baseline/$name.so.gz" > "$ext" || return 1
+    ncu --kernel-name regex:forward_tuned --clock-control none --cache-control none --csv --metrics "$metrics" \
+      python3 benchmarks/ncu_kernels.py --tokens 4096 65536 --choices 4 8 16 --forward-only \
+      > "$OUT/ncu_insts_$name.csv" 2> "$OUT/ncu_insts_$name.err"
+    echo "$name: ncu exit $?"; python3 benchmarks/ncu_summary.py "$OUT/ncu_insts_$name.csv"
   done
 }
 multigpu() { python3 -m pytest -q -p no:cacheprovider -rs tests/test_sharding.py 2>&1 | tee "$OUT/pytest_multigpu.log" | tail -30; python3 benchmarks/multigpu_throughput.py --out "$OUT" 2>&1 | tee "$OUT/multigpu_throughput.log" | tail -20; }
