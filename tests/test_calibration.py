@@ -19,11 +19,11 @@ RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # session 19's partial-rotary neox classes) carried in.
 SWEEP = RESULTS / "run20_canonical" / "10_calibration_small_t_bench" / "calibration" / "calibration_sm90_sweep.json"
 L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
-# Session 25's H200 sweep (sm90_nvidia_h200.json), every row on the H200: T >= 1024 with the L2 policy's limit
-# measured in a first call, T <= 512 in a second that carried the first's rows.
-H200_RUN = RESULTS / "run22_h200_calibration"
-H200_SWEEP = H200_RUN / "2_calibration_small_t_bench" / "calibration_sm90_sweep.json"
-H200_L2_SWEEP = H200_RUN / "1_calibration_large_t" / "calibration_sm90_sweep.json"
+# The H200's sweep (sm90_nvidia_h200.json), session 27: a full calibration on the H200 of the kernels that ship
+# (pair -> token by FastDivisor), the L2 policy's limit and the PDL cut-off included, with session 26's
+# shared_rows_min_bytes (32 MiB) carried: every forced N above it was timed with its rows in shared memory.
+H200_SWEEP = RESULTS / "run24_fast_divisor" / "2_calibration_bench1" / "calibration_sm90_sweep.json"
+H200_L2_SWEEP = H200_SWEEP
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 H200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
 SWEEPS = {H100: SWEEP, H200: H200_SWEEP}
@@ -142,31 +142,26 @@ def test_a_device_models_own_calibration_comes_before_its_architectures(tmp_path
         dispatch.load_calibration.cache_clear()
 
 
-# Session 26's H200 sweep: every staged build of the common inputs with its rows in shared memory. Of its
-# times, only the builds that keep that variant (two pairs per lane group: SHARED_ROWS_CHOICE) run as shipped,
-# where the calibration turns shared rows on; the other choices run session 25's kernels there.
-SHARED_ROWS_SWEEP = RESULTS / "run23_shared_rows" / "3_ab_final_calibration_bench1" / "calibration_sm90_sweep.json"
-SHARED_ROWS_CHOICE = {"64": "16", "128": "8", "256": "4"}  # bf16, by head_dim class
+SHARED_ROWS_CHOICE = {"64": 16, "128": 8, "256": 4}  # bf16: the builds with two pairs per lane group
 
 
-def test_auto_is_the_fastest_where_the_h200_shares_rows():
-    """Where the H200's calibration turns shared rows on, auto's N is the fastest choice: the shared-rows build's
-    time from session 26's sweep, every other choice's from session 25's (the kernels they run), within the
-    sweep's tie. The thresholds are session 25's; shared rows must not make another N the better one."""
+def test_auto_shares_rows_where_the_h200_calibration_says():
+    """From the H200 calibration's shared_rows_min_bytes, auto's launch asks for cos/sin rows in shared memory
+    (the C++ side takes them where the build has them: SHARED_ROWS_CHOICE at full rotary), and its N is the
+    fastest measured there: the sweep timed every forced N under the same switch, so its rows from that size
+    on are times of the shared-rows kernels."""
     calibration = dispatch.load_calibration((9, 0), H200.name)
-    new = {(r["style"], r["head_dim_class"], r["T"]): r for r in json.loads(SHARED_ROWS_SWEEP.read_text())["sweep"]}
-    old = {(r["style"], r["head_dim_class"], r["T"]): r for r in json.loads(H200_SWEEP.read_text())["sweep"]}
-    checked = 0
-    for key, row in new.items():
+    assert calibration["shared_rows_min_bytes"] == 32 << 20
+    shared = 0
+    for row in json.loads(H200_SWEEP.read_text())["sweep"]:
         cls = row["head_dim_class"]
         hq, hk, d = row["heads"]
         pairs = row["T"] * (hq + hk)
-        if cls not in SHARED_ROWS_CHOICE or not dispatch.shared_rows_for(pairs * d * 2, calibration):
-            continue
-        times = {**old[key]["times_us"], SHARED_ROWS_CHOICE[cls]: row["times_us"][SHARED_ROWS_CHOICE[cls]]}
-        auto = dispatch.forward_launch(pairs, d, None, H200, 2, row["style"])
-        assert auto.shared_rows, key
+        on = dispatch.shared_rows_for(pairs * d * 2, calibration)
+        auto = dispatch.forward_launch(pairs, d, None, H200, 2, row["style"], row.get("rotary_dim", d))
+        assert auto.shared_rows == on, row
+        times = row["times_us"]
         choice = f"{auto.pairs_per_warp}{'p' if auto.persistent else ''}"
-        assert times[choice] <= min(times.values()) * (1 + row["tie"]), (key, choice, times)
-        checked += 1
-    assert checked == 16  # T >= 4096 for 128 and 256, T >= 16384 for 64, both styles
+        assert times[choice] <= min(times.values()) * (1 + row["tie"]), (cls, row["T"], choice, times)
+        shared += on and SHARED_ROWS_CHOICE.get(cls) == auto.pairs_per_warp and not auto.persistent
+    assert shared > 0  # points where auto runs a shared-rows kernel
