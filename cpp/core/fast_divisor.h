@@ -13,6 +13,13 @@
 
 namespace qkrope {
 
+// The smallest l with 2^l >= n. Host side.
+inline int ceil_log2(uint64_t n) {
+  int l = 0;
+  while ((uint64_t{1} << l) < n) ++l;
+  return l;
+}
+
 struct FastDivisor {
   uint32_t divisor = 1;
   uint32_t multiplier = 1u << 31;
@@ -21,11 +28,9 @@ struct FastDivisor {
   // Host side, once per launch. d < 2^31 (0, from a problem without heads, divides by 1).
   static FastDivisor make(uint32_t d) {
     if (d == 0) d = 1;
-    int l = 0;
-    while ((uint64_t{1} << l) < d) ++l;
     FastDivisor f;
     f.divisor = d;
-    f.shift = 31 + l;
+    f.shift = 31 + ceil_log2(d);
     f.multiplier = static_cast<uint32_t>(((uint64_t{1} << f.shift) + d - 1) / d);
     return f;
   }

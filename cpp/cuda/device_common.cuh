@@ -36,7 +36,7 @@ struct KernelArgs {
   Problem p;
   FastDivisor heads;     // p.total_heads(): pair index -> token
   int64_t total_pairs;   // p.total_pairs()
-  int32_t row_slots_log2;  // RowPrefetch: lanes per cos/sin row, log2 (a power of two >= the lines it spans)
+  int32_t row_slots_log2;  // RowPrefetch: lanes per cos/sin row, log2 (row_prefetch_slots_log2)
   bool table_vec;   // cos/sin rows (or inv_freq) are 16-byte aligned everywhere a lane reads a run
   bool weight_vec;  // both weights (where present) are 16-byte aligned
   bool pdl;        // wait for the previous kernel through programmatic dependent launch
@@ -519,6 +519,14 @@ struct PairCursor {
 // take 2^a.row_slots_log2 consecutive lanes per token, one 128-byte line each (shifts and masks: a
 // division by the run-time line count cost about 40 instructions per lane). Position: PositionWords or
 // WidePosition, as the calling kernel holds its own.
+constexpr int kPrefetchLine = 128;  // bytes per L2 line RowPrefetch warms
+
+// RowPrefetch's lanes per cos/sin row of `p`, log2: a row of R bytes straddles at most R / 128 + 1 lines,
+// rounded up to a power of two. Host side, once per launch (KernelArgs::row_slots_log2).
+inline int32_t row_prefetch_slots_log2(const Problem& p) {
+  return ceil_log2(p.rotary_dim * elem_bytes(p.table.dtype) / kPrefetchLine + 1);
+}
+
 template <typename Position>
 class RowPrefetch {
  public:
@@ -543,12 +551,11 @@ class RowPrefetch {
     const int row_bytes = p.rotary_dim * elem_bytes(p.table.dtype);
     const uintptr_t row =
         reinterpret_cast<uintptr_t>(p.table.data) + clamp_row(position_.value(p), p.table.rows) * row_bytes;
-    const uintptr_t line = (row & ~static_cast<uintptr_t>(kLine - 1)) + static_cast<uintptr_t>(line_) * kLine;
+    const uintptr_t line =
+        (row & ~static_cast<uintptr_t>(kPrefetchLine - 1)) + static_cast<uintptr_t>(line_) * kPrefetchLine;
     if (line >= row + row_bytes) return;  // the row ends before this lane's line
     asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
   }
-
-  static constexpr int kLine = 128;
 
  private:
   Position position_;

@@ -47,10 +47,7 @@ KernelArgs make_args(const Problem& p, const Launch& launch) {
   a.p = p;
   a.heads = FastDivisor::make(static_cast<uint32_t>(p.total_heads()));
   a.total_pairs = p.total_pairs();
-  // RowPrefetch: a row of R bytes straddles at most R / 128 + 1 lines; lanes per row, the next power of two.
-  const int row_lines = p.rotary_dim * elem_bytes(p.table.dtype) / RowPrefetch<PositionWords>::kLine + 1;
-  a.row_slots_log2 = 0;
-  while ((1 << a.row_slots_log2) < row_lines) ++a.row_slots_log2;
+  a.row_slots_log2 = row_prefetch_slots_log2(p);
   a.pdl = launch.pdl;
   a.prefetch_pairs = launch.prefetch_pairs;
   a.l2_policy = launch.l2_policy;
