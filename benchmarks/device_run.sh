@@ -267,13 +267,17 @@ with_baseline() {
 # extension and runs kernel_variants.py --forward-only $AB_ARGS into $OUT/ab_NAME_ROUND; name the stage
 # several times for several rounds (each packed when done), so drift between the builds cancels. The last
 # build named stays installed. Run with PYTHONPATH at the tree.
+# Installs the gzipped build benchmarks/.baseline/$1.so.gz as the package's extension.
+install_build() {
+  gunzip -c "benchmarks/.baseline/$1.so.gz" \
+    > "jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+}
 ab_builds() {
-  local ext round name builds
-  ext="jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+  local round name builds
   read -ra builds <<< "${AB_BUILDS:?}"
   round=$(($(find "$OUT" -maxdepth 1 -name 'ab_*.log' | wc -l) / ${#builds[@]} + 1))
   for name in "${builds[@]}"; do
-    gunzip -c "benchmarks/.baseline/$name.so.gz" > "$ext" || return 1
+    install_build "$name" || return 1
     # shellcheck disable=SC2086
     python3 benchmarks/kernel_variants.py --forward-only --out "$OUT/ab_${name}_$round" ${AB_ARGS:-} 2>&1 \
       | tee "$OUT/ab_${name}_$round.log" | grep -v "^\[" | tail -40
@@ -282,12 +286,11 @@ ab_builds() {
 # Instructions executed and kernel time of the tuned forward, build by build (AB_BUILDS, installed as in
 # ab_builds; the last stays): (32, 8, 128) neox at T = 4096 and 65536, N = 4, 8, 16, third call of each.
 ab_ncu_insts() {
-  local ext name builds metrics=gpu__time_duration.sum,smsp__inst_executed.sum,launch__registers_per_thread
+  local name builds metrics=gpu__time_duration.sum,smsp__inst_executed.sum,launch__registers_per_thread
   metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed
-  ext="jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
   read -ra builds <<< "${AB_BUILDS:?}"
   for name in "${builds[@]}"; do
-    gunzip -c "benchmarks/.baseline/$name.so.gz" > "$ext" || return 1
+    install_build "$name" || return 1
     ncu --kernel-name regex:forward_tuned --clock-control none --cache-control none --csv --metrics "$metrics" \
       python3 benchmarks/ncu_kernels.py --tokens 4096 65536 --choices 4 8 16 --forward-only \
       > "$OUT/ncu_insts_$name.csv" 2> "$OUT/ncu_insts_$name.err"
