@@ -19,10 +19,10 @@ RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # session 19's partial-rotary neox classes) carried in.
 SWEEP = RESULTS / "run20_canonical" / "10_calibration_small_t_bench" / "calibration" / "calibration_sm90_sweep.json"
 L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
-# The H200's sweep (sm90_nvidia_h200.json), session 27: a full calibration on the H200 of the kernels that ship
-# (pair -> token by FastDivisor), the L2 policy's limit and the PDL cut-off included, with session 26's
+# The H200's sweep (sm90_nvidia_h200.json), session 28: a full calibration on the H200 of the kernels that ship
+# (FastDivisor, branch-free L2 policies), the L2 policy's limit and the PDL cut-off included, with session 26's
 # shared_rows_min_bytes (32 MiB) carried: every forced N above it was timed with its rows in shared memory.
-H200_SWEEP = RESULTS / "run24_fast_divisor" / "2_calibration_bench1" / "calibration_sm90_sweep.json"
+H200_SWEEP = RESULTS / "run25_policy_select" / "2_calibration_bench1" / "calibration_sm90_sweep.json"
 H200_L2_SWEEP = H200_SWEEP
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 H200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
