@@ -262,16 +262,18 @@ with_baseline() {
   rm -rf cpp && cp -r "$saved" cpp && build > /dev/null || status=$?
   return $status
 }
+# Installs the gzipped build benchmarks/.baseline/$1.so.gz as the package's extension in the tree, and puts
+# the tree on PYTHONPATH for the stages after it (without it, nothing imports the package on a fresh machine).
+install_build() {
+  gunzip -c "benchmarks/.baseline/$1.so.gz" \
+    > "jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" || return 1
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
 # A/B of extension builds made elsewhere (no build on the device): AB_BUILDS names gzipped builds
 # benchmarks/.baseline/NAME.so.gz (carried; not committed). One round installs them in turn as the package's
 # extension and runs kernel_variants.py --forward-only $AB_ARGS into $OUT/ab_NAME_ROUND; name the stage
 # several times for several rounds (each packed when done), so drift between the builds cancels. The last
-# build named stays installed. Run with PYTHONPATH at the tree.
-# Installs the gzipped build benchmarks/.baseline/$1.so.gz as the package's extension.
-install_build() {
-  gunzip -c "benchmarks/.baseline/$1.so.gz" \
-    > "jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
-}
+# build named stays installed.
 ab_builds() {
   local round name builds
   read -ra builds <<< "${AB_BUILDS:?}"
