@@ -13,7 +13,8 @@ timed at every --backward-tokens x --backward-styles.
 --persistent times each forced N with the tuned forward's persistent grid off and on (same build), the
 forward timings alternating between the two so that drift between them cancels. --l2-policies does the
 same over the forward's L2 policies (dispatch.L2_POLICIES), with or without --persistent; --shared-rows over
-the tuned forward's cos/sin rows held in registers and copied into shared memory.
+the tuned forward's cos/sin rows held in registers and copied into shared memory; --warps-per-block over the
+forward's block sizes (tag suffix /wW).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ FORWARD_CHOICES = (4, 8, 16)
 BACKWARD_SHAPES = ((2, 8, 4), (4, 8, 4), (8, 8, 4), (4, 8, 2), (4, 4, 4), (4, 4, 8), (8, 4, 4), (2, 4, 8), (8, 8, 2))
 
 
-def forced(grid: bool | None, policy: int | None, shared: bool | None = None) -> contextlib.ExitStack:
-    """The overrides of one forward mode: persistent grid, L2 policy and shared rows (None: auto)."""
+def forced(grid: bool | None, policy: int | None, shared: bool | None = None,
+           warps: int | None = None) -> contextlib.ExitStack:
+    """The overrides of one forward mode: persistent grid, L2 policy, shared rows and warps per block
+    (None: auto)."""
     stack = contextlib.ExitStack()
     if grid is not None:
         stack.enter_context(dispatch.override_persistent(grid))
@@ -49,6 +52,8 @@ def forced(grid: bool | None, policy: int | None, shared: bool | None = None) ->
         stack.enter_context(dispatch.override_l2_policy(policy))
     if shared is not None:
         stack.enter_context(dispatch.override_shared_rows(shared))
+    if warps is not None:
+        stack.enter_context(dispatch.override_forward_warps_per_block(warps))
     return stack
 
 
@@ -66,6 +71,8 @@ def main() -> None:
     parser.add_argument("--shared-rows", action="store_true", help="forward: cos/sin rows in shared memory off and on")
     parser.add_argument("--l2-policies", type=int, nargs="+", default=None,
                         help="forward: time each of these L2 policies (dispatch.L2_POLICIES), alternating")
+    parser.add_argument("--warps-per-block", type=int, nargs="+", default=None,
+                        help="forward: time each of these block sizes (warps), alternating")
     parser.add_argument("--repeats", type=int, default=1, help="forward: rounds per point (median kept)")
     parser.add_argument("--backward-heads", nargs="+", default=["32,8,128"])
     parser.add_argument("--backward-tokens", type=int, nargs="+", default=[16384, 65536])
@@ -78,7 +85,9 @@ def main() -> None:
     grids = (False, True) if args.persistent else (None,)
     policies = tuple(args.l2_policies) if args.l2_policies else (None,)
     shared_modes = (False, True) if args.shared_rows else (None,)
-    modes = [(grid, policy, shared) for grid in grids for policy in policies for shared in shared_modes]
+    block_sizes = tuple(args.warps_per_block) if args.warps_per_block else (None,)
+    modes = [(grid, policy, shared, warps) for grid in grids for policy in policies for shared in shared_modes
+             for warps in block_sizes]
     shapes = [tuple(int(v) for v in text.split(",")) for text in args.shapes]
     for values in () if args.backward_only else shapes:
         heads, rotary = values[:3], (values[3] if len(values) == 4 else None)
@@ -95,14 +104,16 @@ def main() -> None:
                             with forced(*mode):
                                 rounds[mode].append(time_choice(case, inputs, n))
                     for mode in modes:
-                        grid, policy, shared = mode
+                        grid, policy, shared, warps = mode
                         us = statistics.median(rounds[mode])
                         records.append(dict(kind="forward", heads=list(heads), rotary_dim=case.rotary, T=t, style=style,
                                             N=n, persistent=grid, l2_policy=policy, shared_rows=shared,
-                                            us=us, rounds=rounds[mode], bound_us=bound, fraction=bound / us))
+                                            warps_per_block=warps, us=us, rounds=rounds[mode], bound_us=bound,
+                                            fraction=bound / us))
                         tag = f"{n}{'' if grid is None else 'p' if grid else 'b'}"
                         tag += "" if policy is None else f"/L{policy}"
                         tag += "" if shared is None else "/S" if shared else "/R"
+                        tag += "" if warps is None else f"/w{warps}"
                         line.append(f"{tag}={us:8.2f}({100 * bound / us:3.0f}%)")
                 print(f"fwd {values} {style} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
     launches = [tuple(int(v) for v in text.split(",")) for text in args.backward_launches]

@@ -95,6 +95,7 @@ _prefetch_override: list[int] = []
 _persistent_override: list[bool] = []
 _l2_policy_override: list[int] = []
 _shared_rows_override: list[bool] = []
+_forward_warps_override: list[int] = []
 
 
 @contextlib.contextmanager
@@ -157,6 +158,14 @@ def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
     if policy not in L2_POLICIES.values():
         raise ValueError(f"l2_policy must be one of {sorted(L2_POLICIES.values())}, got {policy!r}")
     return _pushed(_l2_policy_override, policy)
+
+
+def override_forward_warps_per_block(warps: int) -> contextlib.AbstractContextManager[None]:
+    """Force the forward's warps per block (1-8; auto: FORWARD_WARPS_PER_BLOCK) for the calls lowered inside
+    (A/B of the block size)."""
+    if not 1 <= warps <= 8:
+        raise ValueError(f"forward warps_per_block must be in [1, 8], got {warps!r}")
+    return _pushed(_forward_warps_override, warps)
 
 
 def override_shared_rows(enabled: bool) -> contextlib.AbstractContextManager[None]:
@@ -306,7 +315,8 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     head_bytes = num_pairs * head_dim * itemsize
     l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(head_bytes, calibration)
     shared_rows = _shared_rows_override[-1] if _shared_rows_override else shared_rows_for(head_bytes, calibration)
-    return Launch(int(choice), FORWARD_WARPS_PER_BLOCK, pdl=pdl,
+    warps = _forward_warps_override[-1] if _forward_warps_override else FORWARD_WARPS_PER_BLOCK
+    return Launch(int(choice), warps, pdl=pdl,
                   prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts),
                   persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy,
                   shared_rows=shared_rows and facts.compute_capability is not None)

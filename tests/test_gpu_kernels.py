@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -301,6 +302,34 @@ def test_shared_rows_match_held_rows_bit_for_bit(dtype, head_dim):
                 for a, e in zip(results[1][:2], expected, strict=True):
                     assert_close(a, e.astype(dtype), dtype, label)
                 assert jnp.array_equal(results[1][2][:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+
+
+@pytest.mark.parametrize("head_dim", (64, 80, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_forward_block_sizes_agree_bit_for_bit(dtype, head_dim):
+    """The forward's warps per block changes which warps share a block (staged weights, the persistent
+    grid's size), never a value: 1, 2 and 8 warps give the default 4's results bit for bit at every N, on
+    the plain and persistent grids, with shared rows, both styles and a missing k weight with an offset,
+    and those match the reference."""
+    q, k, w, positions, qkv = l2_policy_inputs(head_dim + 23, head_dim, dtype)
+    cache = qkr.rope_cos_sin_cache(3000, head_dim)
+    modes = [(n, False) for n in (1, 2, 4, 8, 16)] + [("8p", False), ("16p", False), (8, True)]
+    for (choice, shared), style, (wk, offset) in itertools.product(modes, ("neox", "gptj"), ((w, 0.0), (None, 1.0))):
+        kw = dict(style=style, cos_sin_cache=cache, weight_offset=offset)
+        results = {}
+        for warps in (4, 1, 2, 8):
+            with (dispatch.override_choice(choice), dispatch.override_shared_rows(shared),
+                  dispatch.override_forward_warps_per_block(warps)):
+                out = jax.jit(lambda q, k, p, wk=wk, kw=kw: qkr.fused(q, k, p, w, wk, **kw))(q, k, positions)
+                packed = jax.jit(lambda x, p, wk=wk, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, wk, **kw))(qkv, positions)
+            results[warps] = (*out, packed)
+        label = f"N={choice} shared={shared} {style} offset {offset}"
+        for warps, arrays in results.items():
+            for a, b in zip(arrays, results[4], strict=True):
+                assert jnp.array_equal(a, b), f"{label}: {warps} warps per block differ from 4"
+        for a, e in zip(results[4][:2], ref.fused(q, k, positions, w, wk, **kw), strict=True):
+            assert_close(a, e.astype(dtype), dtype, label)
+        assert jnp.array_equal(results[4][2][:, 10 * head_dim :], qkv[:, 10 * head_dim :])
 
 
 @pytest.mark.parametrize("head_dim", (66, 80, 128, 192, 512))

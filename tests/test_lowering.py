@@ -117,6 +117,18 @@ def test_shared_rows_from_the_calibrated_size_on_calibrated_devices_only():
         assert not launch(1, dispatch.UNKNOWN_GPU).shared_rows
 
 
+def test_forward_block_size_override_reaches_the_launch_and_is_bounded():
+    launch = lambda: dispatch.forward_launch(4096 * 40, 128, None, H100, 2)  # noqa: E731
+    assert launch().warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK
+    for warps in (1, 2, 8):
+        with dispatch.override_forward_warps_per_block(warps):
+            assert launch().ffi_attributes()["warps_per_block"] == warps
+    assert launch().warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="warps_per_block"):
+            dispatch.override_forward_warps_per_block(bad)
+
+
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():
     # 132 SMs x 40 KiB of 256-byte heads; off when no pair lies that far ahead or the device is unknown.
     assert dispatch.prefetch_distance(65536 * 40, 128, 2, H100) == 132 * 40 * 1024 // 256
