@@ -25,6 +25,7 @@ TUNED_HEAD_DIMS = (64, 128, 256)
 # give each lane more bytes in flight on large ones.
 DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
+MAX_WARPS_PER_BLOCK = 8  # the kernels' kMaxWarpsPerBlock (cpp/cuda/device_common.cuh), checked again in decode.cc
 # The backward's persistent grid, (pairs per warp, warps per block, blocks per SM) by head_dim, from the
 # H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
 # need 8 pairs per warp for enough bytes in flight (96% of copy bandwidth against 64-70% at 4); at 4 pairs a
@@ -161,10 +162,10 @@ def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
 
 
 def override_forward_warps_per_block(warps: int) -> contextlib.AbstractContextManager[None]:
-    """Force the forward's warps per block (1-8; auto: FORWARD_WARPS_PER_BLOCK) for the calls lowered inside
-    (A/B of the block size)."""
-    if not 1 <= warps <= 8:
-        raise ValueError(f"forward warps_per_block must be in [1, 8], got {warps!r}")
+    """Force the forward's warps per block (1 to MAX_WARPS_PER_BLOCK; auto: FORWARD_WARPS_PER_BLOCK) for the
+    calls lowered inside (A/B of the block size)."""
+    if not 1 <= warps <= MAX_WARPS_PER_BLOCK:
+        raise ValueError(f"forward warps_per_block must be in [1, {MAX_WARPS_PER_BLOCK}], got {warps!r}")
     return _pushed(_forward_warps_override, warps)
 
 

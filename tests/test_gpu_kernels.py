@@ -242,6 +242,15 @@ def l2_policy_inputs(seed: int, head_dim: int, dtype) -> tuple:
             random_heads(keys[4], (tokens,), 13, head_dim, dtype).reshape(tokens, 13 * head_dim))
 
 
+def fused_and_packed(inputs: tuple, wk, kw: dict) -> tuple:
+    """fused on q and k, and fused_qkv on the packed qkv (7 q heads, 3 k, 3 V), lowered under the overrides
+    in force: (q out, k out, packed out)."""
+    q, k, w, positions, qkv = inputs
+    out = jax.jit(lambda q, k, p: qkr.fused(q, k, p, w, wk, **kw))(q, k, positions)
+    packed = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 7, 3, w, wk, **kw))(qkv, positions)
+    return (*out, packed)
+
+
 def assert_l2_policies_agree(inputs: tuple, choice: int | str, kw: dict, dtype, label: str) -> None:
     """Each L2 policy forced in turn on fused and fused_qkv at N = choice: results match the reference and
     are bit for bit those of plain accesses (policy 0), and the packed V passes through untouched."""
@@ -251,11 +260,9 @@ def assert_l2_policies_agree(inputs: tuple, choice: int | str, kw: dict, dtype, 
     results = {}
     for policy in dispatch.L2_POLICIES.values():
         with dispatch.override_choice(choice), dispatch.override_l2_policy(policy):
-            out = jax.jit(lambda q, k, p: qkr.fused(q, k, p, w, w, **kw))(q, k, positions)
-            packed = jax.jit(lambda x, p: qkr.fused_qkv(x, p, 7, 3, w, w, **kw))(qkv, positions)
-        assert jnp.array_equal(packed[:, 10 * head_dim :], qkv[:, 10 * head_dim :])
-        results[policy] = (*out, packed)
-        for a, e in zip(out, expected, strict=True):
+            results[policy] = fused_and_packed(inputs, w, kw)
+        assert jnp.array_equal(results[policy][2][:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+        for a, e in zip(results[policy][:2], expected, strict=True):
             assert_close(a, e.astype(dtype), dtype, f"{label} policy {policy}")
     for policy, arrays in results.items():
         for a, b in zip(arrays, results[0], strict=True):
@@ -282,7 +289,8 @@ def test_shared_rows_match_held_rows_bit_for_bit(dtype, head_dim):
     """Copying the cos/sin rows into shared memory changes where a lane reads them, never a value: at every N,
     both styles, a k weight missing with an offset, and the packed layout (V copied), shared rows give the
     held rows' results bit for bit, and those match the reference."""
-    q, k, w, positions, qkv = l2_policy_inputs(head_dim + 19, head_dim, dtype)
+    inputs = l2_policy_inputs(head_dim + 19, head_dim, dtype)
+    q, k, w, positions, qkv = inputs
     cache = qkr.rope_cos_sin_cache(3000, head_dim)
     for n in (2, 4, 8, 16):
         for style in ("neox", "gptj"):
@@ -291,10 +299,7 @@ def test_shared_rows_match_held_rows_bit_for_bit(dtype, head_dim):
                 results = []
                 for shared in (False, True):
                     with dispatch.override_choice(n), dispatch.override_shared_rows(shared):
-                        out = jax.jit(lambda q, k, p, wk=wk, kw=kw: qkr.fused(q, k, p, w, wk, **kw))(q, k, positions)
-                        packed = jax.jit(lambda x, p, wk=wk, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, wk, **kw))(
-                            qkv, positions)
-                    results.append((*out, packed))
+                        results.append(fused_and_packed(inputs, wk, kw))
                 label = f"N={n} {style} offset {offset}"
                 for a, b in zip(*results, strict=True):
                     assert jnp.array_equal(a, b), f"{label}: shared rows differ from held rows"
@@ -311,7 +316,8 @@ def test_forward_block_sizes_agree_bit_for_bit(dtype, head_dim):
     grid's size), never a value: 1, 2 and 8 warps give the default 4's results bit for bit at every N, on
     the plain and persistent grids, with shared rows, both styles and a missing k weight with an offset,
     and those match the reference."""
-    q, k, w, positions, qkv = l2_policy_inputs(head_dim + 23, head_dim, dtype)
+    inputs = l2_policy_inputs(head_dim + 23, head_dim, dtype)
+    q, k, w, positions, qkv = inputs
     cache = qkr.rope_cos_sin_cache(3000, head_dim)
     modes = [(n, False) for n in (1, 2, 4, 8, 16)] + [("8p", False), ("16p", False), (8, True)]
     for (choice, shared), style, (wk, offset) in itertools.product(modes, ("neox", "gptj"), ((w, 0.0), (None, 1.0))):
@@ -320,12 +326,10 @@ def test_forward_block_sizes_agree_bit_for_bit(dtype, head_dim):
         for warps in (4, 1, 2, 8):
             with (dispatch.override_choice(choice), dispatch.override_shared_rows(shared),
                   dispatch.override_forward_warps_per_block(warps)):
-                out = jax.jit(lambda q, k, p, wk=wk, kw=kw: qkr.fused(q, k, p, w, wk, **kw))(q, k, positions)
-                packed = jax.jit(lambda x, p, wk=wk, kw=kw: qkr.fused_qkv(x, p, 7, 3, w, wk, **kw))(qkv, positions)
-            results[warps] = (*out, packed)
+                results[warps] = fused_and_packed(inputs, wk, kw)
         label = f"N={choice} shared={shared} {style} offset {offset}"
-        for warps, arrays in results.items():
-            for a, b in zip(arrays, results[4], strict=True):
+        for warps in (1, 2, 8):
+            for a, b in zip(results[warps], results[4], strict=True):
                 assert jnp.array_equal(a, b), f"{label}: {warps} warps per block differ from 4"
         for a, e in zip(results[4][:2], ref.fused(q, k, positions, w, wk, **kw), strict=True):
             assert_close(a, e.astype(dtype), dtype, label)
