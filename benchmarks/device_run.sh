@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   ab_builds ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
+#   use_build ab_builds ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
 # Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
 # after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
@@ -269,6 +269,8 @@ install_build() {
     > "jax_qkrope/_qkrope$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" || return 1
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 }
+# Installs the carried build benchmarks/.baseline/$BUILD.so.gz for the stages after it (no build on the device).
+use_build() { install_build "${BUILD:?}"; }
 # A/B of extension builds made elsewhere (no build on the device): AB_BUILDS names gzipped builds
 # benchmarks/.baseline/NAME.so.gz (carried; not committed). One round installs them in turn as the package's
 # extension and runs kernel_variants.py --forward-only $AB_ARGS into $OUT/ab_NAME_ROUND; name the stage
