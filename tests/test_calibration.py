@@ -14,11 +14,10 @@ import pytest
 from jax_qkrope import dispatch
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-# Session 22's sweeps on the device's clock: T <= 128 on the kernels with branch-free position words, T = 256-4096
-# on the kernels before them, and the T >= 16384 rows of the sweep before (session 17's full-rotary classes and
-# session 19's partial-rotary neox classes) carried in.
-SWEEP = RESULTS / "run20_canonical" / "10_calibration_small_t_bench" / "calibration" / "calibration_sm90_sweep.json"
-L2_SWEEP = RESULTS / "run15_l2_policy" / "calibration_128" / "calibration_sm90_sweep.json"
+# The H100's sweep, session 30: a full calibration on the H100 of the kernels that ship (the same kernels as the
+# H200's sweep), the L2 policy's limit and the PDL cut-off included; no shared cos/sin rows (shared_rows_min_bytes 0).
+SWEEP = RESULTS / "run26_h100_return" / "1_tests_calibration" / "calibration_sm90_sweep.json"
+L2_SWEEP = SWEEP
 # The H200's sweep (sm90_nvidia_h200.json), session 28: a full calibration on the H200 of the kernels that ship
 # (FastDivisor, branch-free L2 policies), the L2 policy's limit and the PDL cut-off included, with session 26's
 # shared_rows_min_bytes (32 MiB) carried: every forced N above it was timed with its rows in shared memory.
