@@ -17,16 +17,13 @@ RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # The H100's sweep, session 30: a full calibration on the H100 of the kernels that ship (the same kernels as the
 # H200's sweep), the L2 policy's limit and the PDL cut-off included; no shared cos/sin rows (shared_rows_min_bytes 0).
 SWEEP = RESULTS / "run26_h100_return" / "1_tests_calibration" / "calibration_sm90_sweep.json"
-L2_SWEEP = SWEEP
 # The H200's sweep (sm90_nvidia_h200.json), session 28: a full calibration on the H200 of the kernels that ship
 # (FastDivisor, branch-free L2 policies), the L2 policy's limit and the PDL cut-off included, with session 26's
 # shared_rows_min_bytes (32 MiB) carried: every forced N above it was timed with its rows in shared memory.
 H200_SWEEP = RESULTS / "run25_policy_select" / "2_calibration_bench1" / "calibration_sm90_sweep.json"
-H200_L2_SWEEP = H200_SWEEP
 H100 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H100 80GB HBM3")
 H200 = dispatch.DeviceFacts((9, 0), 132, "NVIDIA H200")
 SWEEPS = {H100: SWEEP, H200: H200_SWEEP}
-L2_SWEEPS = {H100: L2_SWEEP, H200: H200_L2_SWEEP}
 
 
 @pytest.fixture(scope="module", params=list(SWEEPS), ids=lambda facts: facts.name)
@@ -99,7 +96,7 @@ def test_partial_class_falls_back_to_its_full_rotary_table():
     assert dispatch.forward_thresholds({**tables, "128r": [[None, 4]]}, "128r", None) == [[None, 4]]
 
 
-def test_l2_limit_is_the_measured_cut_off(device):
+def test_l2_limit_is_the_measured_cut_off(device, sweep):
     """l2_keep_max_bytes is what benchmarks/calibrate.py derives from the policy's off/on timings (kept with the
     sweep that measured them), and the policy is on wherever it measured faster below it."""
     sys.path.insert(0, str(RESULTS.parent))
@@ -107,7 +104,7 @@ def test_l2_limit_is_the_measured_cut_off(device):
         from calibrate import l2_limit_from
     finally:
         sys.path.remove(str(RESULTS.parent))
-    rows = json.loads(L2_SWEEPS[device].read_text())["l2_policy"]
+    rows = sweep["l2_policy"]
     assert len(rows) == 32
     limit = dispatch.load_calibration((9, 0), device.name)["l2_keep_max_bytes"]
     assert l2_limit_from(rows) == limit
