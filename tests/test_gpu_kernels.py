@@ -526,6 +526,52 @@ def test_backward_warps_striding_over_many_batches(dtype, head_dim, rotary):
             assert_close(packed, expected.astype(dtype), dtype, f"strided packed N={n} {style}")
 
 
+@pytest.mark.parametrize("positions_dtype", (jnp.int32, jnp.int64), ids=("int32", "int64"))
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_single_pair_kernel(dtype, head_dim, positions_dtype):
+    """N = 1 with the common inputs at full rotary and no cos/sin prefetch runs the single-pair kernel
+    (forward_single_kernel); with the prefetch on, the tuned kernel at N = 1. Both against the reference and
+    each other: both styles, weights of q's dtype with an offset or none, positions that clamp (int64 ones
+    outside int32 too, which the kernel clamps in 32 bits), an odd token count, and a packed qkv whose V is
+    copied (not donated: the tuned kernel, which copies V) or left in place (donated: the single-pair kernel)."""
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.PRNGKey(head_dim + 5), 6)
+        tokens, hq, hk, rows = 23, 5, 2, 600
+        q = random_heads(keys[0], (tokens,), hq, head_dim, dtype)
+        k = random_heads(keys[1], (tokens,), hk, head_dim, dtype)
+        wq, wk = random_weight(keys[2], head_dim, dtype), random_weight(keys[3], head_dim, dtype)
+        positions = random_positions(keys[4], (tokens,), rows, positions_dtype)
+        edges = [-3, rows, 2**31 - 1, -(2**31), rows - 1]
+        if positions_dtype == jnp.int64:  # high words that are not the low word's sign extension
+            edges += [2**33 + 1, -(2**33) + 5, 2**32 - 1, 2**31]
+        positions = positions.at[: len(edges)].set(jnp.asarray(edges, positions_dtype))
+        qkv = random_heads(keys[5], (tokens,), hq + 2 * hk, head_dim, dtype).reshape(tokens, -1)
+        cache = qkr.rope_cos_sin_cache(rows, head_dim)
+        for style, weights, offset in itertools.product(("neox", "gptj"), (True, False), (0.0, 1.0)):
+            common = dict(style=style, cos_sin_cache=cache, weight_offset=offset)
+            kw = dict(common, token_heads_per_warp=1)
+            ws = (wq, wk) if weights else (None, None)
+            expected = ref.fused(q, k, positions, *ws, **common)
+            expected_qkv = ref.fused_qkv(qkv, positions, hq, hk, *ws, **common)
+            results = {}
+            for prefetch in (0, 10**6):  # 0: the single-pair kernel; far ahead: the tuned one, warming nothing
+                with dispatch.override_prefetch(prefetch):
+                    out = jax.jit(lambda q, k, p, kw=kw, ws=ws: qkr.fused(q, k, p, *ws, **kw))(q, k, positions)
+                    packed = jax.jit(lambda x, p, kw=kw, ws=ws: qkr.fused_qkv(x, p, hq, hk, *ws, **kw))(qkv, positions)
+                    donated = jax.jit(lambda x, p, kw=kw, ws=ws: qkr.fused_qkv(x, p, hq, hk, *ws, **kw),
+                                      donate_argnums=(0,))(jnp.copy(qkv), positions)
+                what = f"{style} weights={weights} offset={offset} prefetch={prefetch}"
+                for a, e in zip(out, expected, strict=True):
+                    assert_close(a, e.astype(dtype), dtype, what)
+                for x in (packed, donated):
+                    assert jnp.array_equal(x[:, (hq + hk) * head_dim :], qkv[:, (hq + hk) * head_dim :]), what
+                    assert_close(x, expected_qkv.astype(dtype), dtype, f"packed {what}")
+                results[prefetch] = (*out, packed)
+            for a, b in zip(results[0], results[10**6], strict=True):
+                assert_close(a, b, dtype, f"single against tuned {style} weights={weights} offset={offset}")
+
+
 @pytest.mark.parametrize("choice", [None, 16])
 @pytest.mark.parametrize("tokens", [0, 1, 3, 17, 1000, 65537])
 @pytest.mark.parametrize(("hq", "hk", "head_dim"), [(32, 8, 128), (16, 2, 256), (12, 4, 80)])

@@ -1,0 +1,147 @@
+// The forward for one (token, head) pair per warp (N = 1, what small T runs) with the common inputs at full
+// rotary and no V to copy: the tuned forward's N = 1 layout (TunedLayout<T, D, 1, S>) without what only larger
+// launches need. Its own small argument struct, 32-bit pair and token indices (the launcher checks the pair
+// count), no cos/sin prefetch, no staged weights, no per-pair loop and no branch after the loads: a warp's path
+// from launch to its stores is the position -> row chain, with the data, the weights and the norm's reduction
+// alongside. (With a V branch, nvcc sank the row's load into the q/k side, behind the reduction's shuffles.)
+#pragma once
+
+#include "cuda/device_common.cuh"
+#include "cuda/forward_kernels.cuh"
+#include "cuda/tuned_layout.cuh"
+
+namespace qkrope::cuda {
+
+struct SingleArgs {
+  const void* in[2] = {nullptr, nullptr};  // q, k
+  void* out[2] = {nullptr, nullptr};
+  int64_t token_stride[2] = {0, 0};
+  const void* weight[2] = {nullptr, nullptr};
+  const int32_t* positions = nullptr;  // int32, or int64 as two words (positions_64)
+  const float* table = nullptr;        // [rows, head_dim] float32: cos, then sin
+  int64_t rows = 0;
+  FastDivisor heads;     // pair -> token
+  int32_t heads_q = 0;   // q's heads; then k's
+  uint32_t total_pairs = 0;
+  float eps = 0.0f;
+  float weight_offset = 0.0f;
+  float l2_keep_fraction = 1.0f;
+  int32_t l2_policy = 0;
+  bool positions_64 = false;
+  bool pdl = false;
+};
+
+// Host side: the single-pair arguments of a problem (forward_single_fits holds).
+inline SingleArgs make_single_args(const KernelArgs& a) {
+  const Problem& p = a.p;
+  SingleArgs s;
+  for (int g = 0; g < 2; ++g) {
+    s.in[g] = p.group[g].in;
+    s.out[g] = p.group[g].out;
+    s.token_stride[g] = p.group[g].token_stride;
+  }
+  s.weight[0] = p.weight[0];
+  s.weight[1] = p.weight[1];
+  s.positions = static_cast<const int32_t*>(p.positions);
+  s.table = static_cast<const float*>(p.table.data);
+  s.rows = p.table.rows;
+  s.heads = a.heads;
+  s.heads_q = p.group[0].num_heads;
+  s.total_pairs = static_cast<uint32_t>(a.total_pairs);
+  s.eps = p.eps;
+  s.weight_offset = p.weight_offset;
+  s.l2_keep_fraction = a.l2_keep_fraction;
+  s.l2_policy = a.l2_policy;
+  s.positions_64 = p.positions_64;
+  s.pdl = a.pdl;
+  return s;
+}
+
+template <typename T, int D, Style S>
+__global__ void __launch_bounds__(kMaxThreads) forward_single_kernel(const SingleArgs a) {
+  using Lay = TunedLayout<T, D, 1, S>;
+  constexpr int C = Lay::C, SL = Lay::SL;
+  static_assert(Lay::L == kWarp && Lay::I == 1, "one pair per warp, spread over every lane");
+  // No overflow: the grid has at most 2^31 warps (the launcher checks total_pairs).
+  const uint32_t pair = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  if (pair >= a.total_pairs) return;  // the whole warp
+  const uint32_t token = a.heads.divide(pair);
+  const int head = static_cast<int>(pair - token * a.heads.divisor);
+  const bool is_q = head < a.heads_q;
+  const int local = is_q ? head : head - a.heads_q;
+  // Selects, not an index into the argument arrays: indexed, they were copied to the stack.
+  const void* in = is_q ? a.in[0] : a.in[1];
+  void* out = is_q ? a.out[0] : a.out[1];
+  const int64_t stride = is_q ? a.token_stride[0] : a.token_stride[1];
+  const int64_t offset = static_cast<int64_t>(token) * stride + local * D;
+  const void* weight = is_q ? a.weight[0] : a.weight[1];
+  wait_for_previous_kernel(a.pdl);
+
+  // The position and its row first, the longest chain (written after the data's loads, ptxas issued the 256-dim
+  // row's load behind the norm's shuffles), then the data and the weights.
+  const int64_t at = a.positions_64 ? 2 * static_cast<int64_t>(token) : token;
+  const int32_t lo = a.positions[at], hi = a.positions[a.positions_64 ? at + 1 : at];
+  const int64_t position = a.positions_64
+                               ? static_cast<int64_t>((static_cast<uint64_t>(static_cast<uint32_t>(hi)) << 32) |
+                                                      static_cast<uint32_t>(lo))
+                               : static_cast<int64_t>(lo);
+  const float* row = a.table + clamp_row(position, a.rows) * D;
+  float cs[Lay::AS][Lay::NA], sn[Lay::AS][Lay::NA];
+#pragma unroll
+  for (int r = 0; r < Lay::AS; ++r) {
+    load_run_typed<Lay::NA, float>(row, Lay::angle_start(r, lane), true, cs[r]);
+    load_run_typed<Lay::NA, float>(row, D / 2 + Lay::angle_start(r, lane), true, sn[r]);
+  }
+
+  const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
+  const T* src = static_cast<const T*>(in) + offset;
+  Chunk<T, C> raw[SL];
+#pragma unroll
+  for (int s = 0; s < SL; ++s) raw[s].load(src + Lay::chunk_start(s, lane), cache.load);
+  float w[SL][C];
+#pragma unroll
+  for (int s = 0; s < SL; ++s) {
+    if (weight == nullptr) {
+#pragma unroll
+      for (int j = 0; j < C; ++j) w[s][j] = 1.0f;
+    } else {
+      load_run_typed<C, T>(weight, Lay::chunk_start(s, lane), true, w[s]);
+#pragma unroll
+      for (int j = 0; j < C; ++j) w[s][j] += a.weight_offset;
+    }
+  }
+  float v[SL][C];
+  const float sumsq = group_sum<kWarp>(unpack_sum_of_squares(raw, v));
+  T* dst = static_cast<T*>(out) + offset;
+  const float r = rsqrtf(sumsq / static_cast<float>(D) + a.eps);
+#pragma unroll
+  for (int s = 0; s < SL; ++s) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * w[s][j];
+  }
+  rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
+#pragma unroll
+  for (int s = 0; s < SL; ++s) {
+    Chunk<T, C> o;
+#pragma unroll
+    for (int j = 0; j < C; ++j) o.set(j, v[s][j]);
+    o.store(dst + Lay::chunk_start(s, lane), cache.store);
+  }
+}
+
+// forward_single_kernel for a problem's head_dim and style (a tuned head_dim).
+template <typename T>
+void (*pick_single(const Problem& p))(SingleArgs) {
+  const bool neox = p.style == Style::kNeox;
+  switch (p.head_dim) {
+    case 64:
+      return neox ? forward_single_kernel<T, 64, Style::kNeox> : forward_single_kernel<T, 64, Style::kGptj>;
+    case 128:
+      return neox ? forward_single_kernel<T, 128, Style::kNeox> : forward_single_kernel<T, 128, Style::kGptj>;
+    default:
+      return neox ? forward_single_kernel<T, 256, Style::kNeox> : forward_single_kernel<T, 256, Style::kGptj>;
+  }
+}
+
+}  // namespace qkrope::cuda
