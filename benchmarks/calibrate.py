@@ -274,9 +274,9 @@ def main() -> None:
     assert facts.compute_capability is not None, "calibrate on a CUDA GPU"
     # Rows of an earlier sweep that this run does not re-measure: kept in the sweep written and, for the classes
     # re-measured, in their thresholds.
-    carried = [] if args.previous_sweep is None else [
-        row for row in json.loads(args.previous_sweep.read_text())["sweep"]
-        if row["head_dim_class"] not in args.classes or row["T"] not in tokens]
+    previous_sweep = {} if args.previous_sweep is None else json.loads(args.previous_sweep.read_text())
+    carried = [row for row in previous_sweep.get("sweep", [])
+               if row["head_dim_class"] not in args.classes or row["T"] not in tokens]
     for row in carried:  # sweeps before the partial classes: every row at full rotary
         row.setdefault("rotary_dim", row["heads"][2])
     major, minor = facts.compute_capability
@@ -289,8 +289,9 @@ def main() -> None:
         l2_keep_max_bytes, l2_rows = measure_l2_keep_max_bytes()
         if previous is not None:  # the sweep below runs with the new limit
             write_calibration({**previous, "l2_keep_max_bytes": l2_keep_max_bytes}, (major, minor), device_name)
-    else:
+    else:  # the limit kept, and the timings it came from with it
         l2_keep_max_bytes = int((previous or {}).get("l2_keep_max_bytes", 0))
+        l2_rows = previous_sweep.get("l2_policy", [])
     sweep: list[dict] = []
     tables: dict[str, dict[str, list]] = {style: {} for style in STYLES}
     for style in STYLES:
