@@ -10,15 +10,18 @@
 //                   (4 warps per block, as the library launches)
 //   probe occupancy a 2 KiB-per-warp copy with the resident warps per SM capped (shared memory)
 //   probe small     T = 1 and 16 under CUDA graph replay: an empty kernel (the floor) and the forward
+//   probe lean      T = 1, 16, 128 under CUDA graph replay: a lean N = 1 forward against the shipped one
 //   probe backward  every benchmark head shape: the backward at several persistent-grid shapes
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -442,6 +445,163 @@ __global__ void skeleton_kernel(const uint4* in, uint4* out, const int32_t* posi
   if (lane < words_per_head) out[base + lane] = v;
 }
 
+// A lean forward for one warp per (token, head) pair, the launch small T runs (N = 1): bf16 heads, int32
+// positions, a float32 cos/sin table at full rotary, bf16 weights, neox; 32-bit index math, no L2 hints,
+// no prefetch, no V group, parameters in one small struct. What the shipped N = 1 kernel would cost
+// without its generality (probe lean).
+struct LeanArgs {
+  const bf16* q;
+  bf16* q_out;
+  const bf16* k;
+  bf16* k_out;
+  const bf16* weight_q;
+  const bf16* weight_k;
+  const int32_t* positions;
+  const float* table;
+  uint32_t heads, heads_q, multiplier, shift;  // pair -> token: (pair * multiplier) >> shift
+  int32_t last_row;
+  float eps;
+  uint32_t pairs;
+};
+
+// The head's words loaded and stored plainly, or with L2 hints as the shipped kernels do (kHints:
+// evict-first loads, evict-last stores).
+template <typename W, bool kHints>
+__device__ __forceinline__ W lean_load(const W* src, uint64_t policy) {
+  if constexpr (!kHints) {
+    return *src;
+  } else {
+    W w;
+    if constexpr (sizeof(W) == 8) {
+      uint2 r;
+      asm volatile("ld.global.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;" : "=r"(r.x), "=r"(r.y) : "l"(src), "l"(policy));
+      memcpy(&w, &r, 8);
+    } else if constexpr (sizeof(W) == 4) {
+      uint32_t r;
+      asm volatile("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(r) : "l"(src), "l"(policy));
+      memcpy(&w, &r, 4);
+    } else {
+      uint16_t r;
+      asm volatile("ld.global.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(r) : "l"(src), "l"(policy));
+      memcpy(&w, &r, 2);
+    }
+    return w;
+  }
+}
+template <typename W, bool kHints>
+__device__ __forceinline__ void lean_store(W* dst, const W& w, uint64_t policy) {
+  if constexpr (!kHints) {
+    *dst = w;
+  } else if constexpr (sizeof(W) == 8) {
+    uint2 r;
+    memcpy(&r, &w, 8);
+    asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1, %2}, %3;" ::"l"(dst), "r"(r.x), "r"(r.y), "l"(policy) : "memory");
+  } else if constexpr (sizeof(W) == 4) {
+    uint32_t r;
+    memcpy(&r, &w, 4);
+    asm volatile("st.global.L2::cache_hint.u32 [%0], %1, %2;" ::"l"(dst), "r"(r), "l"(policy) : "memory");
+  } else {
+    uint16_t r;
+    memcpy(&r, &w, 2);
+    asm volatile("st.global.L2::cache_hint.u16 [%0], %1, %2;" ::"l"(dst), "h"(r), "l"(policy) : "memory");
+  }
+}
+
+// kWide: 64-bit index math, as the shipped kernels do for any size.
+template <int D, bool kWide, bool kHints>
+__global__ void __launch_bounds__(128) lean_forward(const LeanArgs a) {
+  using Index = std::conditional_t<kWide, int64_t, uint32_t>;
+  constexpr int C = D / 64;  // elements per lane in each half of the head
+  const Index pair = (static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const uint32_t lane = threadIdx.x % 32;
+  if (pair >= static_cast<Index>(a.pairs)) return;
+  const Index token = static_cast<Index>((static_cast<uint64_t>(pair) * a.multiplier) >> a.shift);
+  const Index head = pair - token * a.heads;
+  const int position = min(max(a.positions[token], 0), a.last_row);
+  const bool is_q = head < a.heads_q;
+  const Index row = is_q ? token * a.heads_q + head : token * (a.heads - a.heads_q) + head - a.heads_q;
+  uint64_t first = 0, last = 0;
+  if constexpr (kHints) {
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(first));
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(last));
+  }
+  const bf16* src = (is_q ? a.q : a.k) + row * D + lane * C;
+  bf16* dst = (is_q ? a.q_out : a.k_out) + row * D + lane * C;
+  const bf16* w = (is_q ? a.weight_q : a.weight_k) + lane * C;
+  // Whole runs per load: C bf16 (2 to 8 bytes) and C floats (4 to 16 bytes).
+  struct alignas(2 * C) Half {
+    bf16 v[C];
+  };
+  struct alignas(4 * C) Run {
+    float v[C];
+  };
+  const Half h0 = lean_load<Half, kHints>(reinterpret_cast<const Half*>(src), first);
+  const Half h1 = lean_load<Half, kHints>(reinterpret_cast<const Half*>(src + D / 2), first);
+  const Half g0 = *reinterpret_cast<const Half*>(w), g1 = *reinterpret_cast<const Half*>(w + D / 2);
+  const float* angles = a.table + static_cast<Index>(position) * D + lane * C;
+  const Run cr = *reinterpret_cast<const Run*>(angles), sr = *reinterpret_cast<const Run*>(angles + D / 2);
+  bf16 x0[C], x1[C], w0[C], w1[C];
+  float c[C], s[C];
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    x0[j] = h0.v[j];
+    x1[j] = h1.v[j];
+    w0[j] = g0.v[j];
+    w1[j] = g1.v[j];
+    c[j] = cr.v[j];
+    s[j] = sr.v[j];
+  }
+  float v0[C], v1[C], sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    v0[j] = __bfloat162float(x0[j]);
+    v1[j] = __bfloat162float(x1[j]);
+    sum += v0[j] * v0[j] + v1[j] * v1[j];
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  const float r = rsqrtf(sum / D + a.eps);
+  Half o0, o1;
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    const float p0 = v0[j] * r * __bfloat162float(w0[j]), p1 = v1[j] * r * __bfloat162float(w1[j]);
+    o0.v[j] = __float2bfloat16(p0 * c[j] - p1 * s[j]);
+    o1.v[j] = __float2bfloat16(p1 * c[j] + p0 * s[j]);
+  }
+  lean_store<Half, kHints>(reinterpret_cast<Half*>(dst), o0, last);
+  lean_store<Half, kHints>(reinterpret_cast<Half*>(dst + D / 2), o1, last);
+}
+
+LeanArgs lean_args(const Buffers& b, int i) {
+  const Heads h = b.heads;
+  LeanArgs a{};
+  a.q = b.q[i % 2];
+  a.q_out = b.q[(i + 1) % 2];
+  a.k = b.k[i % 2];
+  a.k_out = b.k[(i + 1) % 2];
+  a.weight_q = a.weight_k = reinterpret_cast<const bf16*>(b.weight);
+  a.positions = b.pos_random;
+  a.table = b.table;
+  a.heads = static_cast<uint32_t>(h.q + h.k);
+  a.heads_q = static_cast<uint32_t>(h.q);
+  int l = 0;
+  while ((1u << l) < a.heads) ++l;
+  a.shift = 31 + l;
+  a.multiplier = static_cast<uint32_t>(((uint64_t{1} << a.shift) + a.heads - 1) / a.heads);
+  a.last_row = kRows - 1;
+  a.eps = 1e-6f;
+  a.pairs = static_cast<uint32_t>(b.tokens) * a.heads;
+  return a;
+}
+
+template <bool kWide = false, bool kHints = false>
+void launch_lean(const LeanArgs& a, int d, cudaStream_t s) {
+  const unsigned blocks = (a.pairs * 32 + 127) / 128;
+  if (d == 64) lean_forward<64, kWide, kHints><<<blocks, 128, 0, s>>>(a);
+  if (d == 128) lean_forward<128, kWide, kHints><<<blocks, 128, 0, s>>>(a);
+  if (d == 256) lean_forward<256, kWide, kHints><<<blocks, 128, 0, s>>>(a);
+}
+
 // Per-launch microseconds of `launch` recorded `count` times into one CUDA graph, replayed (median of 9
 // replays): the launch cost the reference design's 1.46 us at T = 1 was measured under.
 float graph_us(const std::function<void(cudaStream_t)>& launch, int count) {
@@ -528,6 +688,98 @@ void probe_small() {
   }
 }
 
+// Random bf16 values in [-1, 1) and a random f32 table: the lean kernel's output against the shipped N = 1
+// forward's (max |difference|; both round once to bf16).
+void check_lean(Buffers& b) {
+  const Heads h = b.heads;
+  std::mt19937 gen(1);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  const auto fill = [&](bf16* dst, size_t count) {
+    std::vector<bf16> v(count);
+    for (auto& x : v) x = __float2bfloat16(uni(gen));
+    check(cudaMemcpy(dst, v.data(), count * sizeof(bf16), cudaMemcpyHostToDevice), "fill");
+  };
+  fill(b.q[0], b.q_bytes() / 2);
+  fill(b.k[0], b.k_bytes() / 2);
+  fill(reinterpret_cast<bf16*>(b.weight), h.d);
+  std::vector<float> table(static_cast<size_t>(kRows) * h.d);
+  for (auto& x : table) x = uni(gen);
+  check(cudaMemcpy(b.table, table.data(), table.size() * sizeof(float), cudaMemcpyHostToDevice), "table");
+  const auto outputs = [&]() {
+    std::vector<bf16> q(b.q_bytes() / 2), k(b.k_bytes() / 2);
+    check(cudaMemcpy(q.data(), b.q[1], b.q_bytes(), cudaMemcpyDeviceToHost), "read q");
+    check(cudaMemcpy(k.data(), b.k[1], b.k_bytes(), cudaMemcpyDeviceToHost), "read k");
+    q.insert(q.end(), k.begin(), k.end());
+    return q;
+  };
+  check(qk::forward(forward_problem(b, 0, b.pos_random, true, true, qkrope::Style::kNeox), {1, 4, false, 0}, nullptr),
+        "forward");
+  check(cudaDeviceSynchronize(), "sync");
+  const std::vector<bf16> shipped = outputs();
+  check(cudaMemset(b.q[1], 0xff, b.q_bytes()), "poison q");
+  check(cudaMemset(b.k[1], 0xff, b.k_bytes()), "poison k");
+  launch_lean(lean_args(b, 0), h.d, nullptr);
+  check(cudaDeviceSynchronize(), "sync");
+  const std::vector<bf16> lean = outputs();
+  float worst = 0.0f;
+  for (size_t i = 0; i < lean.size(); ++i) {
+    const float d = std::abs(__bfloat162float(lean[i]) - __bfloat162float(shipped[i]));
+    worst = std::isnan(d) ? INFINITY : std::max(worst, d);
+  }
+  std::printf("check %slean vs shipped N=1, T=%lld: max |diff| %.3g over %zu values\n", shape_label(h).c_str(),
+              static_cast<long long>(b.tokens), worst, lean.size());
+}
+
+// The lean forward against the shipped N = 1 forward under graph replay, next to the empty kernel and the
+// latency skeleton, alternating over three rounds so that drift cancels (probe lean).
+void probe_lean() {
+  constexpr int kCount = 200;
+  for (const Heads heads : {Heads{32, 8, 128}, Heads{16, 2, 256}, Heads{16, 16, 64}}) {
+    for (int64_t tokens : {1, 16, 128}) {
+      Buffers b = make_buffers(heads, tokens);
+      if (tokens == 16) check_lean(b);
+      const int words = heads.d * static_cast<int>(sizeof(bf16)) / 16;
+      std::vector<float> empty, skeleton, shipped, lean, wide, hints;
+      for (int round = 0; round < 3; ++round) {
+        empty.push_back(graph_us([](cudaStream_t s) { empty_kernel<<<1, 32, 0, s>>>(); }, kCount));
+        int call = 0;
+        skeleton.push_back(graph_us(
+            [&](cudaStream_t s) {
+              const int i = call++;
+              skeleton_kernel<true><<<static_cast<unsigned>((tokens * heads.q + 3) / 4), 128, 0, s>>>(
+                  reinterpret_cast<const uint4*>(b.q[i % 2]), reinterpret_cast<uint4*>(b.q[(i + 1) % 2]),
+                  b.pos_random, b.table, heads.q, words, heads.d);
+            },
+            kCount));
+        call = 0;
+        shipped.push_back(graph_us(
+            [&](cudaStream_t s) {
+              check(qk::forward(forward_problem(b, call++, b.pos_random, true, true, qkrope::Style::kNeox),
+                                {1, 4, false, 0}, s),
+                    "forward");
+            },
+            kCount));
+        call = 0;
+        lean.push_back(graph_us([&](cudaStream_t s) { launch_lean(lean_args(b, call++), heads.d, s); }, kCount));
+        call = 0;
+        wide.push_back(graph_us([&](cudaStream_t s) { launch_lean<true>(lean_args(b, call++), heads.d, s); }, kCount));
+        call = 0;
+        hints.push_back(
+            graph_us([&](cudaStream_t s) { launch_lean<false, true>(lean_args(b, call++), heads.d, s); }, kCount));
+      }
+      const auto median = [](std::vector<float> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      std::printf("%sT=%4lld us per launch: empty %.3f  skeleton %.3f  shipped N=1 %.3f  lean %.3f  "
+                  "lean 64-bit %.3f  lean L2 hints %.3f\n",
+                  shape_label(heads).c_str(), static_cast<long long>(tokens), median(empty), median(skeleton),
+                  median(shipped), median(lean), median(wide), median(hints));
+      free_buffers(b);
+    }
+  }
+}
+
 // The backward of every benchmark head shape, both styles, at several persistent-grid shapes (pairs per
 // warp, warps per block, blocks per SM), with weight gradients, next to memcpy of q and k.
 void probe_backward(int sms) {
@@ -570,10 +822,12 @@ int main(int argc, char** argv) {
     probe_occupancy();
   } else if (mode == "small") {
     probe_small();
+  } else if (mode == "lean") {
+    probe_lean();
   } else if (mode == "backward") {
     probe_backward(sms);
   } else {
-    std::fprintf(stderr, "unknown mode %s (all, shapes, occupancy, small, backward)\n", mode.c_str());
+    std::fprintf(stderr, "unknown mode %s (all, shapes, occupancy, small, lean, backward)\n", mode.c_str());
     return 2;
   }
   return 0;
