@@ -533,8 +533,9 @@ def test_single_pair_kernel(dtype, head_dim, positions_dtype):
     """N = 1 with the common inputs at full rotary and no cos/sin prefetch runs the single-pair kernel
     (forward_single_kernel); with the prefetch on, the tuned kernel at N = 1. Both against the reference and
     each other: both styles, weights of q's dtype with an offset or none, positions that clamp (int64 ones
-    outside int32 too, which the kernel clamps in 32 bits), an odd token count, and a packed qkv whose V is
-    copied (not donated: the tuned kernel, which copies V) or left in place (donated: the single-pair kernel)."""
+    outside int32 too, whose high word is not the low word's sign extension), an odd token count, and a packed
+    qkv whose V is copied (not donated: the tuned kernel, which copies V) or left in place (donated: the
+    single-pair kernel)."""
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.PRNGKey(head_dim + 5), 6)
         tokens, hq, hk, rows = 23, 5, 2, 600
