@@ -25,6 +25,13 @@ TUNED_HEAD_DIMS = (64, 128, 256)
 # give each lane more bytes in flight on large ones.
 DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
+# One pair per warp at a tuned head_dim and full rotary (what small T runs: the single-pair kernel) takes
+# blocks of 8 warps: on the H100 at T = 16, 1.63 -> 1.54 us for (32, 8, 128) and 1.63 -> 1.47-1.50 for
+# (16, 16, 64), the other shapes and T = 1-512 within a tick of the device clock; blocks of 16 or 32 warps
+# were slower everywhere (BENCHMARKS.md, session 34). Larger N keep 4 (N = 4 at T = 128 for (64, 8, 128):
+# 2.66 us with 4 warps, 2.88 with 8), and so do the generic and partial-rotary kernels, not measured at 8.
+# Measured on the H100 only; other GPUs take the same rule.
+SINGLE_PAIR_WARPS_PER_BLOCK = 8
 MAX_WARPS_PER_BLOCK = 8  # the kernels' kMaxWarpsPerBlock (cpp/cuda/device_common.cuh), checked again in decode.cc
 # The backward's persistent grid, (pairs per warp, warps per block, blocks per SM) by head_dim, from the
 # H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
@@ -162,8 +169,8 @@ def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
 
 
 def override_forward_warps_per_block(warps: int) -> contextlib.AbstractContextManager[None]:
-    """Force the forward's warps per block (1 to MAX_WARPS_PER_BLOCK; auto: FORWARD_WARPS_PER_BLOCK) for the
-    calls lowered inside (A/B of the block size)."""
+    """Force the forward's warps per block (1 to MAX_WARPS_PER_BLOCK; auto: SINGLE_PAIR_WARPS_PER_BLOCK or
+    FORWARD_WARPS_PER_BLOCK) for the calls lowered inside (A/B of the block size)."""
     if not 1 <= warps <= MAX_WARPS_PER_BLOCK:
         raise ValueError(f"forward warps_per_block must be in [1, {MAX_WARPS_PER_BLOCK}], got {warps!r}")
     return _pushed(_forward_warps_override, warps)
@@ -316,7 +323,12 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     head_bytes = num_pairs * head_dim * itemsize
     l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(head_bytes, calibration)
     shared_rows = _shared_rows_override[-1] if _shared_rows_override else shared_rows_for(head_bytes, calibration)
-    warps = _forward_warps_override[-1] if _forward_warps_override else FORWARD_WARPS_PER_BLOCK
+    if _forward_warps_override:
+        warps = _forward_warps_override[-1]
+    else:
+        full_rotary = rotary_dim is None or rotary_dim == head_dim
+        single = int(choice) == 1 and head_dim in TUNED_HEAD_DIMS and full_rotary
+        warps = SINGLE_PAIR_WARPS_PER_BLOCK if single else FORWARD_WARPS_PER_BLOCK
     return Launch(int(choice), warps, pdl=pdl,
                   prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts),
                   persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy,

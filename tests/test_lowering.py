@@ -129,6 +129,24 @@ def test_forward_block_size_override_reaches_the_launch_and_is_bounded():
             dispatch.override_forward_warps_per_block(bad)
 
 
+def test_one_pair_per_warp_takes_its_own_block_size():
+    # Auto at T = 1 and a forced N = 1 at a tuned head_dim and full rotary run one pair per warp on 8-warp
+    # blocks; N = 2, the generic head_dims and partial rotary keep 4; an override wins.
+    single = dispatch.forward_launch(40, 128, None, H100, 2)
+    assert single.pairs_per_warp == 1
+    assert single.warps_per_block == dispatch.SINGLE_PAIR_WARPS_PER_BLOCK == 8
+    assert dispatch.forward_launch(4096 * 40, 128, 1, H100, 2).warps_per_block == 8
+    assert dispatch.forward_launch(40, 128, 2, H100, 2).warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK == 4
+    assert dispatch.forward_launch(40, 128, None, dispatch.UNKNOWN_GPU, 2).warps_per_block == 8
+    assert dispatch.forward_launch(40, 128, 1, H100, 2, rotary_dim=128).warps_per_block == 8
+    assert dispatch.forward_launch(40, 128, 1, H100, 2, rotary_dim=64).warps_per_block == 4
+    assert dispatch.forward_launch(40, 80, 1, H100, 2).warps_per_block == 4
+    with dispatch.override_forward_warps_per_block(2):
+        assert dispatch.forward_launch(40, 128, None, H100, 2).warps_per_block == 2
+    with dispatch.override_choice(1):
+        assert dispatch.forward_launch(4096 * 40, 128, None, H100, 2).warps_per_block == 8
+
+
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():
     # 132 SMs x 40 KiB of 256-byte heads; off when no pair lies that far ahead or the device is unknown.
     assert dispatch.prefetch_distance(65536 * 40, 128, 2, H100) == 132 * 40 * 1024 // 256
