@@ -80,7 +80,7 @@ def run_matrix() -> float:
         k = jax.random.normal(jax.random.PRNGKey(d + 6), (17, 2, d), jnp.bfloat16)
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
         w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 8), (d,))).astype(jnp.bfloat16)
-        for n in (1, 8, 16):
+        for n in (1, 2, 8, 16):  # N = 1 and 2 at full rotary: the single-pair kernel (forward_single_kernel)
             for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
                 cache = qkr.rope_cos_sin_cache(100, rotary)
                 kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=cache)

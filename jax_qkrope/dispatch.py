@@ -25,13 +25,18 @@ TUNED_HEAD_DIMS = (64, 128, 256)
 # give each lane more bytes in flight on large ones.
 DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
-# One pair per warp at a tuned head_dim and full rotary (what small T runs: the single-pair kernel) takes
-# blocks of 8 warps: on the H100 at T = 16, 1.63 -> 1.54 us for (32, 8, 128) and 1.63 -> 1.47-1.50 for
-# (16, 16, 64), the other shapes and T = 1-512 within a tick of the device clock; blocks of 16 or 32 warps
-# were slower everywhere (BENCHMARKS.md, session 34). Larger N keep 4 (N = 4 at T = 128 for (64, 8, 128):
-# 2.66 us with 4 warps, 2.88 with 8), and so do the generic and partial-rotary kernels, not measured at 8.
-# Measured on the H100 only; other GPUs take the same rule.
+# One or two pairs per warp at a tuned head_dim and full rotary (what small T runs: the single-pair kernel,
+# one pair per lane group) take blocks of 8 warps. N = 1 on the H100 at T = 16: 1.63 -> 1.54 us for
+# (32, 8, 128) and 1.63 -> 1.47-1.50 for (16, 16, 64), the other shapes and T = 1-512 within a tick of the
+# device clock; blocks of 16 or 32 warps were slower everywhere (BENCHMARKS.md, session 34). N = 2 (session 35):
+# 4 and 8 warps alike for (16, 16, 64) at T = 16 and 128, (64, 8, 128) 1.79 -> 1.71 us at T = 16 and
+# 2.66 -> 2.69 at T = 128. Larger N keep 4 (N = 4 at T = 128 for (64, 8, 128): 2.66 us with 4 warps, 2.88 with
+# 8), and so do the generic and partial-rotary kernels, not measured at 8. Measured on the H100 only; other GPUs
+# take the same rule. Launches with the cos/sin prefetch on (more pairs than about a wave of warps) run the tuned
+# kernel and keep 4; where the inputs keep N = 1 or 2 off the single-pair kernel (a cos/sin table not float32,
+# weights of another dtype, a V to copy), the tuned kernel runs on these 8-warp blocks, unmeasured.
 SINGLE_PAIR_WARPS_PER_BLOCK = 8
+SINGLE_PAIR_CHOICES = (1, 2)  # the N the single-pair kernel is built for (cpp/cuda/forward_single.cuh)
 MAX_WARPS_PER_BLOCK = 8  # the kernels' kMaxWarpsPerBlock (cpp/cuda/device_common.cuh), checked again in decode.cc
 # The backward's persistent grid, (pairs per warp, warps per block, blocks per SM) by head_dim, from the
 # H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
@@ -323,14 +328,16 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     head_bytes = num_pairs * head_dim * itemsize
     l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(head_bytes, calibration)
     shared_rows = _shared_rows_override[-1] if _shared_rows_override else shared_rows_for(head_bytes, calibration)
+    prefetch = prefetch_distance(num_pairs, head_dim, itemsize, facts)
     if _forward_warps_override:
         warps = _forward_warps_override[-1]
     else:
+        # The single-pair kernel's launches (forward_single_fits, less the checks on the inputs' dtypes).
         full_rotary = rotary_dim is None or rotary_dim == head_dim
-        single = int(choice) == 1 and head_dim in TUNED_HEAD_DIMS and full_rotary
+        single = (int(choice) in SINGLE_PAIR_CHOICES and head_dim in TUNED_HEAD_DIMS and full_rotary
+                  and prefetch == 0)
         warps = SINGLE_PAIR_WARPS_PER_BLOCK if single else FORWARD_WARPS_PER_BLOCK
-    return Launch(int(choice), warps, pdl=pdl,
-                  prefetch_pairs=prefetch_distance(num_pairs, head_dim, itemsize, facts),
+    return Launch(int(choice), warps, pdl=pdl, prefetch_pairs=prefetch,
                   persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy,
                   shared_rows=shared_rows and facts.compute_capability is not None)
 

@@ -16,8 +16,8 @@ from jax_qkrope import dispatch
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # The H100's sweep: session 30's full calibration on the H100 (the L2 policy's limit and its timings, the PDL
 # cut-off; no shared cos/sin rows, shared_rows_min_bytes 0), with the tuned head_dims (64, 128, 256) re-measured at
-# T <= 512 in session 34 on the single-pair kernel that N = 1 runs there now, on its 8-warp blocks.
-SWEEP = RESULTS / "run28_single_blocks" / "2_calibration_bench_sanitize" / "calibration_sm90_sweep.json"
+# T = 1-512 in session 35 on the single-pair kernel that N = 1 and 2 run there now, on its 8-warp blocks.
+SWEEP = RESULTS / "run29_two_pairs" / "1_tests_calibration" / "calibration_sm90_sweep.json"
 # The H200's sweep (sm90_nvidia_h200.json), session 28: a full calibration on the H200 of the kernels that ship
 # (FastDivisor, branch-free L2 policies), the L2 policy's limit and the PDL cut-off included, with session 26's
 # shared_rows_min_bytes (32 MiB) carried: every forced N above it was timed with its rows in shared memory.
@@ -50,8 +50,9 @@ def test_the_h200_reads_its_own_file():
 
 
 def test_auto_issues_the_best_forced_launch_at_every_point(device, sweep):
-    # 2 styles x 4 head_dim classes x 10 token counts, and neox x 3 partial-rotary classes x 10
-    assert len(sweep["sweep"]) == 110
+    # 2 styles x 4 head_dim classes x 10 token counts, and neox x 3 partial-rotary classes x 10; on the H100
+    # also T = 32 and 64 for the tuned classes (64, 128, 256) x 2 styles, added in session 35
+    assert len(sweep["sweep"]) == (122 if device == H100 else 110)
     assert {row["style"] for row in sweep["sweep"]} == {"neox", "gptj"}
     for row in sweep["sweep"]:
         hq, hk, d = row["heads"]

@@ -526,15 +526,18 @@ def test_backward_warps_striding_over_many_batches(dtype, head_dim, rotary):
             assert_close(packed, expected.astype(dtype), dtype, f"strided packed N={n} {style}")
 
 
+@pytest.mark.parametrize("pairs_per_warp", (1, 2))
 @pytest.mark.parametrize("positions_dtype", (jnp.int32, jnp.int64), ids=("int32", "int64"))
 @pytest.mark.parametrize("head_dim", (64, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_single_pair_kernel(dtype, head_dim, positions_dtype):
-    """N = 1 with the common inputs at full rotary and no cos/sin prefetch runs the single-pair kernel
-    (forward_single_kernel); with the prefetch on, the tuned kernel at N = 1. Both against the reference and
+def test_single_pair_kernel(dtype, head_dim, positions_dtype, pairs_per_warp):
+    """N = 1 or 2 with the common inputs at full rotary and no cos/sin prefetch runs the single-pair kernel
+    (forward_single_kernel, one pair per lane group; float32 256-dim heads at N = 2 have no such build and run
+    the tuned kernel); with the prefetch on, the tuned kernel at the same N. Both against the reference and
     each other: both styles, weights of q's dtype with an offset or none, positions that clamp (int64 ones
-    outside int32 too, whose high word is not the low word's sign extension), an odd token count, and a packed
-    qkv whose V is copied (not donated: the tuned kernel, which copies V) or left in place (donated: the
+    outside int32 too, whose high word is not the low word's sign extension), an odd token count and an odd
+    head count (at N = 2 a warp's pairs then straddle tokens, and the last warp has one pair), and a packed qkv
+    whose V is copied (not donated: the tuned kernel, which copies V) or left in place (donated: the
     single-pair kernel)."""
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.PRNGKey(head_dim + 5), 6)
@@ -551,7 +554,7 @@ def test_single_pair_kernel(dtype, head_dim, positions_dtype):
         cache = qkr.rope_cos_sin_cache(rows, head_dim)
         for style, weights, offset in itertools.product(("neox", "gptj"), (True, False), (0.0, 1.0)):
             common = dict(style=style, cos_sin_cache=cache, weight_offset=offset)
-            kw = dict(common, token_heads_per_warp=1)
+            kw = dict(common, token_heads_per_warp=pairs_per_warp)
             ws = (wq, wk) if weights else (None, None)
             expected = ref.fused(q, k, positions, *ws, **common)
             expected_qkv = ref.fused_qkv(qkv, positions, hq, hk, *ws, **common)

@@ -129,22 +129,30 @@ def test_forward_block_size_override_reaches_the_launch_and_is_bounded():
             dispatch.override_forward_warps_per_block(bad)
 
 
-def test_one_pair_per_warp_takes_its_own_block_size():
-    # Auto at T = 1 and a forced N = 1 at a tuned head_dim and full rotary run one pair per warp on 8-warp
-    # blocks; N = 2, the generic head_dims and partial rotary keep 4; an override wins.
+def test_single_pair_launches_take_their_own_block_size():
+    # Auto at T = 1 and a forced N = 1 or 2 at a tuned head_dim and full rotary, with the cos/sin prefetch off
+    # (the single-pair kernel's launches), run on 8-warp blocks; N = 4, the generic head_dims, partial rotary
+    # and launches with the prefetch on (more pairs than about a wave of warps: the tuned kernel) keep 4; an
+    # override wins.
     single = dispatch.forward_launch(40, 128, None, H100, 2)
-    assert single.pairs_per_warp == 1
+    assert single.pairs_per_warp == 1 and single.prefetch_pairs == 0
     assert single.warps_per_block == dispatch.SINGLE_PAIR_WARPS_PER_BLOCK == 8
-    assert dispatch.forward_launch(4096 * 40, 128, 1, H100, 2).warps_per_block == 8
-    assert dispatch.forward_launch(40, 128, 2, H100, 2).warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK == 4
+    assert dispatch.forward_launch(40, 128, 2, H100, 2).warps_per_block == 8
+    assert dispatch.forward_launch(40, 128, 4, H100, 2).warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK == 4
     assert dispatch.forward_launch(40, 128, None, dispatch.UNKNOWN_GPU, 2).warps_per_block == 8
     assert dispatch.forward_launch(40, 128, 1, H100, 2, rotary_dim=128).warps_per_block == 8
     assert dispatch.forward_launch(40, 128, 1, H100, 2, rotary_dim=64).warps_per_block == 4
     assert dispatch.forward_launch(40, 80, 1, H100, 2).warps_per_block == 4
+    assert dispatch.forward_launch(40, 80, 2, H100, 2).warps_per_block == 4
+    for n in (1, 2):
+        wide = dispatch.forward_launch(4096 * 40, 128, n, H100, 2)
+        assert wide.prefetch_pairs > 0 and wide.warps_per_block == 4, n
+        with dispatch.override_prefetch(0):
+            assert dispatch.forward_launch(4096 * 40, 128, n, H100, 2).warps_per_block == 8, n
     with dispatch.override_forward_warps_per_block(2):
         assert dispatch.forward_launch(40, 128, None, H100, 2).warps_per_block == 2
-    with dispatch.override_choice(1):
-        assert dispatch.forward_launch(4096 * 40, 128, None, H100, 2).warps_per_block == 8
+    with dispatch.override_choice(2):
+        assert dispatch.forward_launch(40, 128, None, H100, 2).warps_per_block == 8
 
 
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():

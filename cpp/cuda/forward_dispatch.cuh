@@ -71,13 +71,13 @@ struct ForwardGeneric {
   static constexpr auto kernel = forward_generic_kernel<T, C, S>;
 };
 
-// One pair per warp where the single-pair kernel serves it: the common inputs at full rotary, no V to copy,
-// no cos/sin prefetch (which only launches of more pairs than a wave of warps turn on) and a pair count that
-// fits its 32-bit indices. Elsewhere N = 1 runs forward_tuned_kernel.
+// N = 1 or 2 where the single-pair kernel serves it: a build for the layout (pick_single), the common inputs at
+// full rotary, no V to copy, no cos/sin prefetch (which only launches of more pairs than a wave of warps turn
+// on) and a pair count that fits its 32-bit indices. Elsewhere N = 1 and 2 run forward_tuned_kernel.
 template <typename T>
 bool forward_single_fits(const KernelArgs& a, const Launch& launch) {
   const Problem& p = a.p;
-  return launch.pairs_per_warp == 1 && launch.prefetch_pairs == 0 && use_tuned<T>(p) &&
+  return launch.prefetch_pairs == 0 && use_tuned<T>(p) && pick_single<T>(p, launch.pairs_per_warp) != nullptr &&
          p.rotary_dim == p.head_dim && p.group[2].num_heads == 0 && common_inputs<T>(a) && a.total_pairs <= INT_MAX;
 }
 
@@ -95,8 +95,9 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   };
   dim3 grid;
   if (forward_single_fits<T>(args, launch)) {
-    if (!grid_for(1, &grid)) return cudaErrorInvalidConfiguration;
-    return launch_kernel(pick_single<T>(p), grid, block, 0, stream, launch.pdl, make_single_args(args));
+    if (!grid_for(launch.pairs_per_warp, &grid)) return cudaErrorInvalidConfiguration;
+    const auto kernel = pick_single<T>(p, launch.pairs_per_warp);
+    return launch_kernel(kernel, grid, block, 0, stream, launch.pdl, make_single_args(args));
   }
   if (use_tuned<T>(p)) {
     const int n = launch.pairs_per_warp;

@@ -1,9 +1,11 @@
-// The forward for one (token, head) pair per warp (N = 1, what small T runs) with the common inputs at full
-// rotary and no V to copy: the tuned forward's N = 1 layout (TunedLayout<T, D, 1, S>) without what only larger
-// launches need. Its own small argument struct, 32-bit pair and token indices (the launcher checks the pair
-// count), no cos/sin prefetch, no staged weights, no per-pair loop and no branch after the loads: a warp's path
-// from launch to its stores is the position -> row chain, with the data, the weights and the norm's reduction
-// alongside. (With a V branch, nvcc sank the row's load into the q/k side, behind the reduction's shuffles.)
+// The forward for one (token, head) pair per lane group with the common inputs at full rotary and no V to
+// copy: N = 1 (one pair per warp, what small T runs) and N = 2 (one per half-warp: half the warps, and each lane
+// moves twice the bytes per load), the tuned forward's layout (TunedLayout<T, D, N, S>, G = N groups of one pair)
+// without what only larger launches need. Its own small argument struct, 32-bit pair and token indices (the
+// launcher checks the pair count), no cos/sin prefetch, no staged weights, no per-pair loop and no branch after
+// the loads: a group's path from launch to its stores is the position -> row chain, with the data, the weights
+// and the norm's reduction alongside. (With a V branch, nvcc sank the row's load into the q/k side, behind the
+// reduction's shuffles.)
 #pragma once
 
 #include "cuda/device_common.cuh"
@@ -57,15 +59,20 @@ inline SingleArgs make_single_args(const KernelArgs& a) {
   return s;
 }
 
-template <typename T, int D, Style S>
+template <typename T, int D, int N, Style S>
 __global__ void __launch_bounds__(kMaxThreads) forward_single_kernel(const SingleArgs a) {
-  using Lay = TunedLayout<T, D, 1, S>;
+  using Lay = TunedLayout<T, D, N, S>;
   constexpr int C = Lay::C, SL = Lay::SL;
-  static_assert(Lay::L == kWarp && Lay::I == 1, "one pair per warp, spread over every lane");
-  // No overflow: the grid has at most 2^31 warps (the launcher checks total_pairs).
-  const uint32_t pair = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
-  const int lane = static_cast<int>(threadIdx.x % kWarp);
-  if (pair >= a.total_pairs) return;  // the whole warp
+  static_assert((N == 1 || N == 2) && Lay::G == N && Lay::I == 1, "one pair per lane group");
+  // No overflow: the grid has at most 2^31 pairs (the launcher checks total_pairs).
+  const uint32_t first = (blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp) * N;
+  if (first >= a.total_pairs) return;  // the whole warp
+  const int lane = static_cast<int>(threadIdx.x % Lay::L);
+  // A group past the last pair (N = 2, an odd pair count) redoes the last pair and stores nothing: every lane
+  // of the warp takes part in the reduction's shuffles.
+  const uint32_t wanted = first + threadIdx.x % kWarp / Lay::L;
+  const bool stores = N == 1 || wanted < a.total_pairs;
+  const uint32_t pair = stores ? wanted : a.total_pairs - 1;
   const uint32_t token = a.heads.divide(pair);
   const int head = static_cast<int>(pair - token * a.heads.divisor);
   const bool is_q = head < a.heads_q;
@@ -112,7 +119,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_single_kernel(const Singl
     }
   }
   float v[SL][C];
-  const float sumsq = group_sum<kWarp>(unpack_sum_of_squares(raw, v));
+  const float sumsq = group_sum<Lay::L>(unpack_sum_of_squares(raw, v));
   T* dst = static_cast<T*>(out) + offset;
   const float r = rsqrtf(sumsq / static_cast<float>(D) + a.eps);
 #pragma unroll
@@ -121,6 +128,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_single_kernel(const Singl
     for (int j = 0; j < C; ++j) v[s][j] = v[s][j] * r * w[s][j];
   }
   rotate_tuned<Lay, S>(v, cs, sn, 1.0f);
+  if (!stores) return;
 #pragma unroll
   for (int s = 0; s < SL; ++s) {
     Chunk<T, C> o;
@@ -130,17 +138,31 @@ __global__ void __launch_bounds__(kMaxThreads) forward_single_kernel(const Singl
   }
 }
 
-// forward_single_kernel for a problem's head_dim and style (a tuned head_dim).
+// forward_single_kernel at N pairs per warp for head_dim D and style S; nullptr where its layout does not give
+// each pair a lane group of its own (N = 2 with float32 256-dim heads, whose preferred group is the whole warp).
+template <typename T, int D, Style S>
+void (*single_kernel_for(int pairs_per_warp))(SingleArgs) {
+  if (pairs_per_warp == 1) return forward_single_kernel<T, D, 1, S>;
+  if constexpr (TunedLayout<T, D, 2, S>::G == 2) {
+    if (pairs_per_warp == 2) return forward_single_kernel<T, D, 2, S>;
+  }
+  return nullptr;
+}
+
+// forward_single_kernel for a problem (a tuned head_dim) at pairs_per_warp; nullptr where none is built.
 template <typename T>
-void (*pick_single(const Problem& p))(SingleArgs) {
+void (*pick_single(const Problem& p, int pairs_per_warp))(SingleArgs) {
   const bool neox = p.style == Style::kNeox;
   switch (p.head_dim) {
     case 64:
-      return neox ? forward_single_kernel<T, 64, Style::kNeox> : forward_single_kernel<T, 64, Style::kGptj>;
+      return neox ? single_kernel_for<T, 64, Style::kNeox>(pairs_per_warp)
+                  : single_kernel_for<T, 64, Style::kGptj>(pairs_per_warp);
     case 128:
-      return neox ? forward_single_kernel<T, 128, Style::kNeox> : forward_single_kernel<T, 128, Style::kGptj>;
+      return neox ? single_kernel_for<T, 128, Style::kNeox>(pairs_per_warp)
+                  : single_kernel_for<T, 128, Style::kGptj>(pairs_per_warp);
     default:
-      return neox ? forward_single_kernel<T, 256, Style::kNeox> : forward_single_kernel<T, 256, Style::kGptj>;
+      return neox ? single_kernel_for<T, 256, Style::kNeox>(pairs_per_warp)
+                  : single_kernel_for<T, 256, Style::kGptj>(pairs_per_warp);
   }
 }
 
