@@ -332,7 +332,8 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     if _forward_warps_override:
         warps = _forward_warps_override[-1]
     else:
-        # The single-pair kernel's launches (forward_single_fits, less the checks on the inputs' dtypes).
+        # The single-pair kernel's launches: forward_single_fits, less what only the launcher sees (the inputs'
+        # dtypes and alignment, a V to copy, the pair count against its 32-bit indices).
         full_rotary = rotary_dim is None or rotary_dim == head_dim
         single = (int(choice) in SINGLE_PAIR_CHOICES and head_dim in TUNED_HEAD_DIMS and full_rotary
                   and prefetch == 0)
