@@ -42,9 +42,9 @@ BACKWARD_SHAPES = ((2, 8, 4), (4, 8, 4), (8, 8, 4), (4, 8, 2), (4, 4, 4), (4, 4,
 
 
 def forced(grid: bool | None, policy: int | None, shared: bool | None = None,
-           warps: int | None = None) -> contextlib.ExitStack:
-    """The overrides of one forward mode: persistent grid, L2 policy, shared rows and warps per block
-    (None: auto)."""
+           warps: int | None = None, single_warps: int | None = None) -> contextlib.ExitStack:
+    """The overrides of one forward mode: persistent grid, L2 policy, shared rows, warps per block and the
+    single-pair kernel's warps per block (None: auto)."""
     stack = contextlib.ExitStack()
     if grid is not None:
         stack.enter_context(dispatch.override_persistent(grid))
@@ -54,6 +54,8 @@ def forced(grid: bool | None, policy: int | None, shared: bool | None = None,
         stack.enter_context(dispatch.override_shared_rows(shared))
     if warps is not None:
         stack.enter_context(dispatch.override_forward_warps_per_block(warps))
+    if single_warps is not None:
+        stack.enter_context(dispatch.override_single_warps_per_block(single_warps))
     return stack
 
 
@@ -73,6 +75,8 @@ def main() -> None:
                         help="forward: time each of these L2 policies (dispatch.L2_POLICIES), alternating")
     parser.add_argument("--warps-per-block", type=int, nargs="+", default=None,
                         help="forward: time each of these block sizes (warps), alternating")
+    parser.add_argument("--single-warps-per-block", type=int, nargs="+", default=None,
+                        help="forward: time each of these block sizes of the single-pair kernel, alternating")
     parser.add_argument("--repeats", type=int, default=1, help="forward: rounds per point (median kept)")
     parser.add_argument("--backward-heads", nargs="+", default=["32,8,128"])
     parser.add_argument("--backward-tokens", type=int, nargs="+", default=[16384, 65536])
@@ -86,8 +90,9 @@ def main() -> None:
     policies = tuple(args.l2_policies) if args.l2_policies else (None,)
     shared_modes = (False, True) if args.shared_rows else (None,)
     block_sizes = tuple(args.warps_per_block) if args.warps_per_block else (None,)
-    modes = [(grid, policy, shared, warps) for grid in grids for policy in policies for shared in shared_modes
-             for warps in block_sizes]
+    single_sizes = tuple(args.single_warps_per_block) if args.single_warps_per_block else (None,)
+    modes = [(grid, policy, shared, warps, single) for grid in grids for policy in policies
+             for shared in shared_modes for warps in block_sizes for single in single_sizes]
     shapes = [tuple(int(v) for v in text.split(",")) for text in args.shapes]
     for values in () if args.backward_only else shapes:
         heads, rotary = values[:3], (values[3] if len(values) == 4 else None)
@@ -104,16 +109,17 @@ def main() -> None:
                             with forced(*mode):
                                 rounds[mode].append(time_choice(case, inputs, n))
                     for mode in modes:
-                        grid, policy, shared, warps = mode
+                        grid, policy, shared, warps, single = mode
                         us = statistics.median(rounds[mode])
                         records.append(dict(kind="forward", heads=list(heads), rotary_dim=case.rotary, T=t, style=style,
                                             N=n, persistent=grid, l2_policy=policy, shared_rows=shared,
-                                            warps_per_block=warps, us=us, rounds=rounds[mode], bound_us=bound,
-                                            fraction=bound / us))
+                                            warps_per_block=warps, single_warps_per_block=single, us=us,
+                                            rounds=rounds[mode], bound_us=bound, fraction=bound / us))
                         tag = f"{n}{'' if grid is None else 'p' if grid else 'b'}"
                         tag += "" if policy is None else f"/L{policy}"
                         tag += "" if shared is None else "/S" if shared else "/R"
                         tag += "" if warps is None else f"/w{warps}"
+                        tag += "" if single is None else f"/s{single}"
                         line.append(f"{tag}={us:8.2f}({100 * bound / us:3.0f}%)")
                 print(f"fwd {values} {style} T={t:6d} bound {bound:8.2f}  " + " ".join(line), flush=True)
     launches = [tuple(int(v) for v in text.split(",")) for text in args.backward_launches]

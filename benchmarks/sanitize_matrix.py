@@ -80,7 +80,10 @@ def run_matrix() -> float:
         k = jax.random.normal(jax.random.PRNGKey(d + 6), (17, 2, d), jnp.bfloat16)
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
         w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 8), (d,))).astype(jnp.bfloat16)
-        for n in (1, 2, 8, 16):  # N = 1 and 2 at full rotary: the single-pair kernel (forward_single_kernel)
+        # N = 1 and 2 at full rotary: the single-pair kernel (forward_single_kernel), at N = 2 on 16-warp blocks
+        # (119 pairs: the last block part empty).
+        for n in (1, 2, 8, 16):
+            single_warps = 16 if n == 2 else dispatch.SINGLE_PAIR_WARPS_PER_BLOCK
             for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
                 cache = qkr.rope_cos_sin_cache(100, rotary)
                 kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=cache)
@@ -89,7 +92,7 @@ def run_matrix() -> float:
                     out, vjp = jax.vjp(lambda q, k, w: qkr.fused(q, k, p, w, w, **kw), q, k, w)
                     return out, vjp(out)
 
-                with dispatch.override_choice(n):
+                with dispatch.override_choice(n), dispatch.override_single_warps_per_block(single_warps):
                     out, grads = jax.jit(forward_backward)(q, k, w, p)
                 assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
                 err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))

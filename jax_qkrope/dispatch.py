@@ -25,19 +25,21 @@ TUNED_HEAD_DIMS = (64, 128, 256)
 # give each lane more bytes in flight on large ones.
 DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
-# One or two pairs per warp at a tuned head_dim and full rotary (what small T runs: the single-pair kernel,
-# one pair per lane group) take blocks of 8 warps. N = 1 on the H100 at T = 16: 1.63 -> 1.54 us for
-# (32, 8, 128) and 1.63 -> 1.47-1.50 for (16, 16, 64), the other shapes and T = 1-512 within a tick of the
-# device clock; blocks of 16 or 32 warps were slower everywhere (BENCHMARKS.md, session 34). N = 2 (session 35):
-# 4 and 8 warps alike for (16, 16, 64) at T = 16 and 128, (64, 8, 128) 1.79 -> 1.71 us at T = 16 and
-# 2.66 -> 2.69 at T = 128. Larger N keep 4 (N = 4 at T = 128 for (64, 8, 128): 2.66 us with 4 warps, 2.88 with
-# 8), and so do the generic and partial-rotary kernels, not measured at 8. Measured on the H100 only; other GPUs
-# take the same rule. Launches with the cos/sin prefetch on (more pairs than about a wave of warps) run the tuned
-# kernel and keep 4; where the inputs keep N = 1 or 2 off the single-pair kernel (a cos/sin table not float32,
-# weights of another dtype, a V to copy), the tuned kernel runs on these 8-warp blocks, unmeasured.
+# The single-pair kernel (N = 1 or 2 with the common inputs at a tuned head_dim, full rotary and the cos/sin
+# prefetch off: what small T runs) takes blocks of 8 warps; the C++ launcher, which alone sees whether that kernel
+# serves a launch, uses Launch.single_warps_per_block for it and warps_per_block for the others. N = 1 on the H100
+# at T = 16: 1.63 -> 1.54 us for (32, 8, 128) and 1.63 -> 1.47-1.50 for (16, 16, 64), the other shapes and
+# T = 1-512 within a tick of the device clock; blocks of 16 or 32 warps were slower everywhere (BENCHMARKS.md,
+# session 34). N = 2 (session 35): 4 and 8 warps alike for (16, 16, 64) at T = 16 and 128, (64, 8, 128)
+# 1.79 -> 1.71 us at T = 16 and 2.66 -> 2.69 at T = 128. The tuned kernel keeps 4 (N = 4 at T = 128 for
+# (64, 8, 128): 2.66 us with 4 warps, 2.88 with 8), and so do the generic and partial-rotary kernels. Session 36:
+# 3-16 warps around 8 at T = 16-128 (9 for at most one block per SM, 5 to spread (32, 8, 128) at T = 16 over every
+# SM): none faster by more than 0.04 us at any point, several up to 0.25 us slower.
 SINGLE_PAIR_WARPS_PER_BLOCK = 8
-SINGLE_PAIR_CHOICES = (1, 2)  # the N the single-pair kernel is built for (cpp/cuda/forward_single.cuh)
-MAX_WARPS_PER_BLOCK = 8  # the kernels' kMaxWarpsPerBlock (cpp/cuda/device_common.cuh), checked again in decode.cc
+# The kernels' launch bounds (kMaxWarpsPerBlock and kMaxSingleWarpsPerBlock in cpp/core/problem.h; decode.cc
+# checks the attributes against them again).
+MAX_WARPS_PER_BLOCK = 8
+MAX_SINGLE_WARPS_PER_BLOCK = 16
 # The backward's persistent grid, (pairs per warp, warps per block, blocks per SM) by head_dim, from the
 # H100 sweep (benchmarks/stream_probe.cu, backward mode; results/run9_backward, T >= 16384): 64-dim heads
 # need 8 pairs per warp for enough bytes in flight (96% of copy bandwidth against 64-70% at 4); at 4 pairs a
@@ -84,9 +86,11 @@ class Launch:
     persistent: bool = False  # tuned forward: resident warps loop over their tasks (forward_streaming_kernel)
     l2_policy: int = 0  # forward: L2 eviction priorities of its head traffic (L2_POLICIES)
     shared_rows: bool = False  # tuned forward: cos/sin rows through shared memory (shared_rows_for)
+    single_warps_per_block: int = SINGLE_PAIR_WARPS_PER_BLOCK  # forward: where the single-pair kernel runs
 
     def ffi_attributes(self) -> dict:
         return dict(pairs_per_warp=int(self.pairs_per_warp), warps_per_block=int(self.warps_per_block),
+                    single_warps_per_block=int(self.single_warps_per_block),
                     pdl=bool(self.pdl), prefetch_pairs=int(self.prefetch_pairs), persistent=bool(self.persistent),
                     shared_rows=bool(self.shared_rows), l2_policy=int(self.l2_policy))
 
@@ -109,6 +113,7 @@ _persistent_override: list[bool] = []
 _l2_policy_override: list[int] = []
 _shared_rows_override: list[bool] = []
 _forward_warps_override: list[int] = []
+_single_warps_override: list[int] = []
 
 
 @contextlib.contextmanager
@@ -174,11 +179,20 @@ def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
 
 
 def override_forward_warps_per_block(warps: int) -> contextlib.AbstractContextManager[None]:
-    """Force the forward's warps per block (1 to MAX_WARPS_PER_BLOCK; auto: SINGLE_PAIR_WARPS_PER_BLOCK or
-    FORWARD_WARPS_PER_BLOCK) for the calls lowered inside (A/B of the block size)."""
+    """Force the forward's warps per block, for every kernel (1 to MAX_WARPS_PER_BLOCK; auto:
+    FORWARD_WARPS_PER_BLOCK, and SINGLE_PAIR_WARPS_PER_BLOCK for the single-pair kernel), for the calls lowered
+    inside (A/B of the block size)."""
     if not 1 <= warps <= MAX_WARPS_PER_BLOCK:
         raise ValueError(f"forward warps_per_block must be in [1, {MAX_WARPS_PER_BLOCK}], got {warps!r}")
     return _pushed(_forward_warps_override, warps)
+
+
+def override_single_warps_per_block(warps: int) -> contextlib.AbstractContextManager[None]:
+    """Force the single-pair kernel's warps per block (1 to MAX_SINGLE_WARPS_PER_BLOCK; wins over
+    override_forward_warps_per_block there) for the calls lowered inside (A/B of its block size)."""
+    if not 1 <= warps <= MAX_SINGLE_WARPS_PER_BLOCK:
+        raise ValueError(f"single_warps_per_block must be in [1, {MAX_SINGLE_WARPS_PER_BLOCK}], got {warps!r}")
+    return _pushed(_single_warps_override, warps)
 
 
 def override_shared_rows(enabled: bool) -> contextlib.AbstractContextManager[None]:
@@ -329,18 +343,13 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     l2_policy = _l2_policy_override[-1] if _l2_policy_override else l2_policy_for(head_bytes, calibration)
     shared_rows = _shared_rows_override[-1] if _shared_rows_override else shared_rows_for(head_bytes, calibration)
     prefetch = prefetch_distance(num_pairs, head_dim, itemsize, facts)
-    if _forward_warps_override:
-        warps = _forward_warps_override[-1]
-    else:
-        # The single-pair kernel's launches: forward_single_fits, less what only the launcher sees (the inputs'
-        # dtypes and alignment, a V to copy, the pair count against its 32-bit indices).
-        full_rotary = rotary_dim is None or rotary_dim == head_dim
-        single = (int(choice) in SINGLE_PAIR_CHOICES and head_dim in TUNED_HEAD_DIMS and full_rotary
-                  and prefetch == 0)
-        warps = SINGLE_PAIR_WARPS_PER_BLOCK if single else FORWARD_WARPS_PER_BLOCK
+    warps = _forward_warps_override[-1] if _forward_warps_override else FORWARD_WARPS_PER_BLOCK
+    single_warps = _forward_warps_override[-1] if _forward_warps_override else SINGLE_PAIR_WARPS_PER_BLOCK
+    single_warps = _single_warps_override[-1] if _single_warps_override else single_warps
     return Launch(int(choice), warps, pdl=pdl, prefetch_pairs=prefetch,
                   persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy,
-                  shared_rows=shared_rows and facts.compute_capability is not None)
+                  shared_rows=shared_rows and facts.compute_capability is not None,
+                  single_warps_per_block=single_warps)
 
 
 def shared_rows_for(head_bytes: int, calibration: dict | None) -> bool:

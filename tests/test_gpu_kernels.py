@@ -315,7 +315,8 @@ def test_forward_block_sizes_agree_bit_for_bit(dtype, head_dim):
     """The forward's warps per block changes which warps share a block (staged weights, the persistent
     grid's size), never a value: 1, 2 and 8 warps give the default 4's results bit for bit at every N, on
     the plain and persistent grids, with shared rows, both styles and a missing k weight with an offset,
-    and those match the reference."""
+    and those match the reference. So do the single-pair kernel's blocks of 9 and 16 warps (N = 1 and 2,
+    past the other kernels' 8), the last block part empty."""
     inputs = l2_policy_inputs(head_dim + 23, head_dim, dtype)
     q, k, w, positions, qkv = inputs
     cache = qkr.rope_cos_sin_cache(3000, head_dim)
@@ -323,17 +324,18 @@ def test_forward_block_sizes_agree_bit_for_bit(dtype, head_dim):
     for (choice, shared), style, (wk, offset) in itertools.product(modes, ("neox", "gptj"), ((w, 0.0), (None, 1.0))):
         kw = dict(style=style, cos_sin_cache=cache, weight_offset=offset)
         results = {}
-        for warps in (4, 1, 2, 8):
+        for warps, single in ((4, None), (1, None), (2, None), (8, None), (4, 9), (4, 16)):
             with (dispatch.override_choice(choice), dispatch.override_shared_rows(shared),
-                  dispatch.override_forward_warps_per_block(warps)):
-                results[warps] = fused_and_packed(inputs, wk, kw)
+                  dispatch.override_forward_warps_per_block(warps),
+                  dispatch.override_single_warps_per_block(single or warps)):
+                results[warps, single] = fused_and_packed(inputs, wk, kw)
         label = f"N={choice} shared={shared} {style} offset {offset}"
-        for warps in (1, 2, 8):
-            for a, b in zip(results[warps], results[4], strict=True):
-                assert jnp.array_equal(a, b), f"{label}: {warps} warps per block differ from 4"
-        for a, e in zip(results[4][:2], ref.fused(q, k, positions, w, wk, **kw), strict=True):
+        for sizes, result in results.items():
+            for a, b in zip(result, results[4, None], strict=True):
+                assert jnp.array_equal(a, b), f"{label}: (warps, single-pair warps) {sizes} differ from 4"
+        for a, e in zip(results[4, None][:2], ref.fused(q, k, positions, w, wk, **kw), strict=True):
             assert_close(a, e.astype(dtype), dtype, label)
-        assert jnp.array_equal(results[4][2][:, 10 * head_dim :], qkv[:, 10 * head_dim :])
+        assert jnp.array_equal(results[4, None][2][:, 10 * head_dim :], qkv[:, 10 * head_dim :])
 
 
 @pytest.mark.parametrize("head_dim", (66, 80, 128, 192, 512))

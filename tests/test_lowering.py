@@ -3,6 +3,7 @@ backward's partials, and the FFI version check."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -24,7 +25,7 @@ def cuda_text(fn, *args) -> str:
 def attribute(text: str, target: str, name: str) -> str:
     call = re.search(rf"stablehlo.custom_call @{target}\(.*", text)
     assert call, f"no custom call to {target}"
-    value = re.search(rf"{name} = ([^,}}]+)", call.group(0))
+    value = re.search(rf"\b{name} = ([^,}}]+)", call.group(0))
     assert value, f"{name} missing from {call.group(0)}"
     return value.group(1).strip()
 
@@ -42,6 +43,7 @@ def test_cuda_lowering_carries_dispatch_attributes(tokens, hq, hk, d, facts):
     expected = dispatch.forward_launch(tokens * (hq + hk), d, None, facts, 2)
     assert attribute(text, "qkrope_fwd", "pairs_per_warp") == f"{expected.pairs_per_warp} : i64"
     assert attribute(text, "qkrope_fwd", "warps_per_block") == f"{expected.warps_per_block} : i64"
+    assert attribute(text, "qkrope_fwd", "single_warps_per_block") == f"{expected.single_warps_per_block} : i64"
     assert attribute(text, "qkrope_fwd", "rotary_dim") == f"{d} : i64"
     assert attribute(text, "qkrope_fwd", "prefetch_pairs") == f"{expected.prefetch_pairs} : i64"
     assert attribute(text, "qkrope_fwd", "persistent") == str(expected.persistent).lower()
@@ -130,29 +132,36 @@ def test_forward_block_size_override_reaches_the_launch_and_is_bounded():
 
 
 def test_single_pair_launches_take_their_own_block_size():
-    # Auto at T = 1 and a forced N = 1 or 2 at a tuned head_dim and full rotary, with the cos/sin prefetch off
-    # (the single-pair kernel's launches), run on 8-warp blocks; N = 4, the generic head_dims, partial rotary
-    # and launches with the prefetch on (more pairs than about a wave of warps: the tuned kernel) keep 4; an
-    # override wins.
-    single = dispatch.forward_launch(40, 128, None, H100, 2)
-    assert single.pairs_per_warp == 1 and single.prefetch_pairs == 0
-    assert single.warps_per_block == dispatch.SINGLE_PAIR_WARPS_PER_BLOCK == 8
-    assert dispatch.forward_launch(40, 128, 2, H100, 2).warps_per_block == 8
-    assert dispatch.forward_launch(40, 128, 4, H100, 2).warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK == 4
-    assert dispatch.forward_launch(40, 128, None, dispatch.UNKNOWN_GPU, 2).warps_per_block == 8
-    assert dispatch.forward_launch(40, 128, 1, H100, 2, rotary_dim=128).warps_per_block == 8
-    assert dispatch.forward_launch(40, 128, 1, H100, 2, rotary_dim=64).warps_per_block == 4
-    assert dispatch.forward_launch(40, 80, 1, H100, 2).warps_per_block == 4
-    assert dispatch.forward_launch(40, 80, 2, H100, 2).warps_per_block == 4
-    for n in (1, 2):
-        wide = dispatch.forward_launch(4096 * 40, 128, n, H100, 2)
-        assert wide.prefetch_pairs > 0 and wide.warps_per_block == 4, n
-        with dispatch.override_prefetch(0):
-            assert dispatch.forward_launch(4096 * 40, 128, n, H100, 2).warps_per_block == 8, n
+    # Every forward launch carries both block sizes; the C++ launcher uses single_warps_per_block where it runs
+    # the single-pair kernel (which only it can decide: it sees the inputs' dtypes) and warps_per_block elsewhere.
+    for forced, head_dim, rotary in ((None, 128, None), (2, 128, None), (4, 128, None), (1, 128, 64), (1, 80, None)):
+        launch = dispatch.forward_launch(40, head_dim, forced, H100, 2, rotary_dim=rotary)
+        assert launch.warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK == 4
+        assert launch.ffi_attributes()["single_warps_per_block"] == dispatch.SINGLE_PAIR_WARPS_PER_BLOCK == 8
+    assert dispatch.forward_launch(40, 128, None, dispatch.UNKNOWN_GPU, 2).single_warps_per_block == 8
+    # The shared override sets both; the single-pair one wins there and reaches past the other kernels' bound.
     with dispatch.override_forward_warps_per_block(2):
-        assert dispatch.forward_launch(40, 128, None, H100, 2).warps_per_block == 2
-    with dispatch.override_choice(2):
-        assert dispatch.forward_launch(40, 128, None, H100, 2).warps_per_block == 8
+        both = dispatch.forward_launch(40, 128, None, H100, 2)
+        assert (both.warps_per_block, both.single_warps_per_block) == (2, 2)
+        for warps in (1, 9, dispatch.MAX_SINGLE_WARPS_PER_BLOCK):
+            with dispatch.override_single_warps_per_block(warps):
+                launch = dispatch.forward_launch(40, 128, None, H100, 2)
+                assert (launch.warps_per_block, launch.ffi_attributes()["single_warps_per_block"]) == (2, warps)
+    for bad in (0, dispatch.MAX_SINGLE_WARPS_PER_BLOCK + 1):
+        with pytest.raises(ValueError, match="single_warps_per_block"):
+            dispatch.override_single_warps_per_block(bad)
+
+
+@pytest.mark.parametrize(("field", "value"), [("warps_per_block", 9), ("single_warps_per_block", 0),
+                                            ("single_warps_per_block", dispatch.MAX_SINGLE_WARPS_PER_BLOCK + 1)])
+def test_handlers_reject_block_sizes_past_the_kernels_bounds(monkeypatch, field, value):
+    # decode.cc checks the launch attributes again (every target reads them, the CPU's included): a block size
+    # past a kernel's launch bounds fails naming the attribute instead of launching.
+    launch = dataclasses.replace(dispatch.forward_launch(4 * 10, 64, None, H100, 2), **{field: value})
+    monkeypatch.setattr(dispatch, "forward_launch", lambda *args, **kwargs: launch)
+    q, k = jnp.ones((4, 8, 64), jnp.bfloat16), jnp.ones((4, 2, 64), jnp.bfloat16)
+    with pytest.raises(Exception, match=re.escape(f"{field} must be in [1, ")):
+        jax.block_until_ready(jax.jit(lambda q, k, p: qkr.fused(q, k, p))(q, k, jnp.arange(4, dtype=jnp.int32)))
 
 
 def test_prefetch_distance_is_a_wave_of_head_bytes_ahead():

@@ -63,11 +63,19 @@ struct Problem {
   QKROPE_HD int64_t total_pairs() const { return num_tokens * static_cast<int64_t>(total_heads()); }
 };
 
+// Block sizes in warps: every kernel's launch bounds, and the single-pair forward's (a lean kernel of at most
+// 48 registers a thread, so blocks of up to 16 warps cost it nothing in registers).
+inline constexpr int32_t kMaxWarpsPerBlock = 8;
+inline constexpr int32_t kMaxSingleWarpsPerBlock = 16;
+
 // How the CUDA kernels split the work; decided host-side at trace time and passed as attributes.
 // The CPU target receives the same attributes and ignores them.
 struct Launch {
   int32_t pairs_per_warp = 1;   // (token, head) pairs one warp owns: 1, 2, 4, 8 (16: auto dispatch only)
-  int32_t warps_per_block = 4;  // 1..8
+  int32_t warps_per_block = 4;  // 1..kMaxWarpsPerBlock
+  // The block size where the forward launches its single-pair kernel instead (which only the launcher
+  // decides: it sees the inputs' dtypes and alignment): 1..kMaxSingleWarpsPerBlock.
+  int32_t single_warps_per_block = 8;
   bool pdl = false;             // programmatic dependent launch (overlap with the previous kernel)
   // Tuned forward kernels: each warp warms L2 with the positions and cos/sin rows of the pairs this far
   // ahead of its own (0: off), so later warps do not wait on two dependent DRAM round trips before

@@ -15,7 +15,6 @@
 namespace qkrope::cuda {
 
 constexpr int kWarp = 32;
-constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
 constexpr int kMaxHeadDim = 512;
 

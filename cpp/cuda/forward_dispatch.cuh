@@ -71,41 +71,42 @@ struct ForwardGeneric {
   static constexpr auto kernel = forward_generic_kernel<T, C, S>;
 };
 
-// N = 1 or 2 where the single-pair kernel serves it: a build for the layout (pick_single), the common inputs at
-// full rotary, no V to copy, no cos/sin prefetch (which only launches of more pairs than a wave of warps turn
-// on) and a pair count that fits its 32-bit indices. Elsewhere N = 1 and 2 run forward_tuned_kernel.
+// The single-pair kernel for N = 1 or 2 where it serves the launch: a build for the layout (pick_single), the
+// common inputs at full rotary, no V to copy, no cos/sin prefetch (which only launches of more pairs than a wave
+// of warps turn on) and a pair count that fits its 32-bit indices; nullptr elsewhere (forward_tuned_kernel runs).
 template <typename T>
-bool forward_single_fits(const KernelArgs& a, const Launch& launch) {
+void (*fitting_single_kernel(const KernelArgs& a, const Launch& launch))(SingleArgs) {
   const Problem& p = a.p;
-  return launch.prefetch_pairs == 0 && use_tuned<T>(p) && pick_single<T>(p, launch.pairs_per_warp) != nullptr &&
-         p.rotary_dim == p.head_dim && p.group[2].num_heads == 0 && common_inputs<T>(a) && a.total_pairs <= INT_MAX;
+  const bool fits = launch.prefetch_pairs == 0 && use_tuned<T>(p) && p.rotary_dim == p.head_dim &&
+                    p.group[2].num_heads == 0 && common_inputs<T>(a) && a.total_pairs <= INT_MAX;
+  return fits ? pick_single<T>(p, launch.pairs_per_warp) : nullptr;
 }
 
 template <typename T>
 cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, cudaStream_t stream) {
   const Problem& p = args.p;
   if (!heads_aligned<T>(p, 2 * static_cast<int>(sizeof(T)))) return cudaErrorMisalignedAddress;
-  const dim3 block(launch.warps_per_block * kWarp);
-  // Enough blocks for every pair at `pairs` per warp.
-  const auto grid_for = [&](int pairs, dim3* grid) {
+  // Enough blocks of `warps_per_block` warps for every pair at `pairs` per warp.
+  const auto grid_for = [&](int pairs, int warps_per_block, dim3* grid) {
     const int64_t warps = (p.total_pairs() + pairs - 1) / pairs;
-    const int64_t blocks = (warps + launch.warps_per_block - 1) / launch.warps_per_block;
+    const int64_t blocks = (warps + warps_per_block - 1) / warps_per_block;
     *grid = dim3(static_cast<unsigned>(blocks));
     return blocks <= INT_MAX;
   };
   dim3 grid;
-  if (forward_single_fits<T>(args, launch)) {
-    if (!grid_for(launch.pairs_per_warp, &grid)) return cudaErrorInvalidConfiguration;
-    const auto kernel = pick_single<T>(p, launch.pairs_per_warp);
-    return launch_kernel(kernel, grid, block, 0, stream, launch.pdl, make_single_args(args));
+  if (const auto single = fitting_single_kernel<T>(args, launch)) {
+    if (!grid_for(launch.pairs_per_warp, launch.single_warps_per_block, &grid)) return cudaErrorInvalidConfiguration;
+    const dim3 single_block(launch.single_warps_per_block * kWarp);
+    return launch_kernel(single, grid, single_block, 0, stream, launch.pdl, make_single_args(args));
   }
+  const dim3 block(launch.warps_per_block * kWarp);
   if (use_tuned<T>(p)) {
     const int n = launch.pairs_per_warp;
     const bool common_full = common_inputs<T>(args) && !tuned_partial_neox<T>(p);
     const auto choice = launch.persistent && common_full    ? pick_tuned<ForwardStreaming::Family, T>(p, n)
                         : launch.shared_rows && common_full ? pick_tuned<ForwardTunedSharedRows::Family, T>(p, n)
                                                             : pick_tuned_kernel<ForwardTuned, ForwardTunedPartial, T>(args, n);
-    if (!grid_for(choice.pairs, &grid)) return cudaErrorInvalidConfiguration;
+    if (!grid_for(choice.pairs, launch.warps_per_block, &grid)) return cudaErrorInvalidConfiguration;
     if (choice.persistent) {
       int64_t resident = 0;
       const cudaError_t err = resident_blocks(choice.kernel, static_cast<int>(block.x), &resident);
@@ -120,7 +121,7 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   const int lanes = generic_lanes_per_head<T>(p, launch.pairs_per_warp);
   const int groups = kWarp / lanes;
   const int rounds = std::min(std::max(1, launch.pairs_per_warp / groups), kGenericRounds<T>);
-  if (!grid_for(groups * rounds, &grid)) return cudaErrorInvalidConfiguration;
+  if (!grid_for(groups * rounds, launch.warps_per_block, &grid)) return cudaErrorInvalidConfiguration;
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const bool paired = paired_layout<T>(p);
   // gptj reads a chunk's angles as one run when no chunk straddles the rotary end.

@@ -33,7 +33,7 @@ struct SingleArgs {
   bool pdl = false;
 };
 
-// Host side: the single-pair arguments of a problem (forward_single_fits holds).
+// Host side: the single-pair arguments of a problem (fitting_single_kernel found a kernel).
 inline SingleArgs make_single_args(const KernelArgs& a) {
   const Problem& p = a.p;
   SingleArgs s;
@@ -60,7 +60,7 @@ inline SingleArgs make_single_args(const KernelArgs& a) {
 }
 
 template <typename T, int D, int N, Style S>
-__global__ void __launch_bounds__(kMaxThreads) forward_single_kernel(const SingleArgs a) {
+__global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_single_kernel(const SingleArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int C = Lay::C, SL = Lay::SL;
   static_assert((N == 1 || N == 2) && Lay::G == N && Lay::I == 1, "one pair per lane group");

@@ -66,13 +66,15 @@ ffi::Error get_attr(const ffi::Dictionary& attrs, const char* name, T* value) {
 
 // Attributes common to all four targets.
 ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) {
-  int64_t style = 0, rotary_dim = 0, pairs_per_warp = 0, warps_per_block = 0, prefetch_pairs = 0, l2_policy = 0;
+  int64_t style = 0, rotary_dim = 0, pairs_per_warp = 0, warps_per_block = 0, single_warps_per_block = 0;
+  int64_t prefetch_pairs = 0, l2_policy = 0;
   float eps = 0.0f, weight_offset = 0.0f;
   bool pdl = false, persistent = false, shared_rows = false;
   for (ffi::Error e : {get_attr(attrs, "style", &style), get_attr(attrs, "rotary_dim", &rotary_dim),
                        get_attr(attrs, "eps", &eps), get_attr(attrs, "weight_offset", &weight_offset),
                        get_attr(attrs, "pairs_per_warp", &pairs_per_warp),
-                       get_attr(attrs, "warps_per_block", &warps_per_block), get_attr(attrs, "pdl", &pdl),
+                       get_attr(attrs, "warps_per_block", &warps_per_block),
+                       get_attr(attrs, "single_warps_per_block", &single_warps_per_block), get_attr(attrs, "pdl", &pdl),
                        get_attr(attrs, "prefetch_pairs", &prefetch_pairs),
                        get_attr(attrs, "persistent", &persistent), get_attr(attrs, "shared_rows", &shared_rows),
                        get_attr(attrs, "l2_policy", &l2_policy)}) {
@@ -85,7 +87,12 @@ ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) 
       pairs_per_warp != 16) {
     return invalid("pairs_per_warp must be 1, 2, 4, 8 or 16, got " + std::to_string(pairs_per_warp));
   }
-  if (warps_per_block < 1 || warps_per_block > 8) return invalid("warps_per_block must be in [1, 8]");
+  if (warps_per_block < 1 || warps_per_block > kMaxWarpsPerBlock) {
+    return invalid("warps_per_block must be in [1, " + std::to_string(kMaxWarpsPerBlock) + "]");
+  }
+  if (single_warps_per_block < 1 || single_warps_per_block > kMaxSingleWarpsPerBlock) {
+    return invalid("single_warps_per_block must be in [1, " + std::to_string(kMaxSingleWarpsPerBlock) + "]");
+  }
   if (prefetch_pairs < 0 || prefetch_pairs > INT32_MAX) return invalid("prefetch_pairs must be in [0, 2^31)");
   if (l2_policy < 0 || l2_policy > 1) return invalid("l2_policy must be 0 or 1, got " + std::to_string(l2_policy));
   p.style = static_cast<Style>(style);
@@ -94,6 +101,7 @@ ffi::Error read_attrs(const ffi::Dictionary& attrs, Problem& p, Launch& launch) 
   p.weight_offset = weight_offset;
   launch.pairs_per_warp = static_cast<int32_t>(pairs_per_warp);
   launch.warps_per_block = static_cast<int32_t>(warps_per_block);
+  launch.single_warps_per_block = static_cast<int32_t>(single_warps_per_block);
   launch.pdl = pdl;
   launch.prefetch_pairs = static_cast<int32_t>(prefetch_pairs);
   launch.persistent = persistent;
