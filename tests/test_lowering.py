@@ -160,7 +160,7 @@ def test_handlers_reject_block_sizes_past_the_kernels_bounds(monkeypatch, field,
     launch = dataclasses.replace(dispatch.forward_launch(4 * 10, 64, None, H100, 2), **{field: value})
     monkeypatch.setattr(dispatch, "forward_launch", lambda *args, **kwargs: launch)
     q, k = jnp.ones((4, 8, 64), jnp.bfloat16), jnp.ones((4, 2, 64), jnp.bfloat16)
-    with pytest.raises(Exception, match=re.escape(f"{field} must be in [1, ")):
+    with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(f"{field} must be in [1, ")):
         jax.block_until_ready(jax.jit(lambda q, k, p: qkr.fused(q, k, p))(q, k, jnp.arange(4, dtype=jnp.int32)))
 
 
