@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   use_build ab_builds ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source multigpu stream_probe probe_regs probe_variants
+#   use_build ab_builds ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source ncu_single multigpu stream_probe probe_regs probe_variants
 # Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
 # after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
@@ -39,9 +39,11 @@ tests_kernels() {  # the GPU kernel tests and the forward matrix only
   python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 tests/test_gpu_kernels.py tests/test_forward.py tests/test_backward.py \
     2>&1 | tee "$OUT/pytest_gpu_kernels.log" | tail -40
 }
+# PYTEST_EXTRA: more pytest options (e.g. --durations=60).
 tests_select() {  # TEST_FILES (default: the kernel and backward tests), TEST_K: a pytest -k expression, TEST_TIMEOUT (s)
   # shellcheck disable=SC2086
-  timeout "${TEST_TIMEOUT:-0}" python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 ${TEST_FILES:-tests/test_gpu_kernels.py tests/test_backward.py} \
+  timeout "${TEST_TIMEOUT:-0}" python3 -m pytest -n 12 -q -p no:cacheprovider -rs --maxfail=40 ${PYTEST_EXTRA:-} \
+    ${TEST_FILES:-tests/test_gpu_kernels.py tests/test_backward.py} \
     -k "${TEST_K:-}" 2>&1 | tee "$OUT/pytest_selected.log" | tail -40
 }
 
@@ -178,6 +180,29 @@ ncu_source() {  # NCU_SOURCE_SPECS: tokens:N pairs to profile (default 1:1 4096:
     echo "ncu T=$tokens N=$choice exit $?"
     ncu -i "/tmp/ncu_source_${tokens}_$choice.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_source_${tokens}_$choice.csv" 2>&1
     python3 benchmarks/ncu_source_summary.py "$OUT/ncu_source_${tokens}_$choice.csv" | tee "$OUT/ncu_source_${tokens}_$choice.txt"
+  done
+}
+# The single-pair kernel at T = 16 for NCU_SINGLE_HEADS (default: (64, 8, 128), the one small-T miss, against
+# (32, 8, 128)), N = 1, third call: speed of light, memory workload (L1 hit rate, L2 traffic), warp states per
+# instruction, launch and occupancy; one report per shape, its details page and source summary kept.
+ncu_single() {
+  local heads tag
+  for heads in ${NCU_SINGLE_HEADS:-64,8,128 32,8,128}; do
+    tag=${heads//,/_}
+    ncu --kernel-name regex:forward_single --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+      --section WarpStateStats --section SchedulerStats --section LaunchStats --section Occupancy \
+      --section SourceCounters --warp-sampling-interval 0 \
+      --metrics l1tex__t_sector_hit_rate.pct,lts__t_bytes.sum,dram__bytes_read.sum,sm__cycles_active.avg,gpc__cycles_elapsed.max \
+      -f -o "/tmp/ncu_single_$tag" python3 benchmarks/ncu_kernels.py --heads "$heads" --tokens 16 --choices 1 \
+      --forward-only > "$OUT/ncu_single_$tag.log" 2>&1
+    echo "ncu heads=$heads exit $?"
+    ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page details > "$OUT/ncu_single_${tag}_details.txt" 2>&1
+    ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page raw --csv > "$OUT/ncu_single_${tag}_raw.csv" 2>&1
+    ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_single_${tag}_source.csv" 2>&1
+    grep -E "Duration|Throughput|Hit Rate|Warp Cycles|Active Warps|Registers|Grid Size|Block Size|Waves" \
+      "$OUT/ncu_single_${tag}_details.txt" | head -40
+    python3 benchmarks/ncu_source_summary.py "$OUT/ncu_single_${tag}_source.csv" | tee "$OUT/ncu_single_${tag}_source.txt" | head -30
   done
 }
 # The generic forward ((32, 8, 80) neox, T = 16384, N = 16, third call): warp states per instruction,
