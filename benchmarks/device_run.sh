@@ -184,7 +184,7 @@ ncu_source() {  # NCU_SOURCE_SPECS: tokens:N pairs to profile (default 1:1 4096:
 }
 # The single-pair kernel at T = 16 for NCU_SINGLE_HEADS (default: (64, 8, 128), the one small-T miss, against
 # (32, 8, 128)), N = 1, third call: speed of light, memory workload (L1 hit rate, L2 traffic), warp states per
-# instruction, launch and occupancy; one report per shape, its details page and source summary kept.
+# instruction, launch and occupancy; one report per shape, its details page, source page and summary kept.
 ncu_single() {
   local heads tag
   for heads in ${NCU_SINGLE_HEADS:-64,8,128 32,8,128}; do
@@ -192,13 +192,10 @@ ncu_single() {
     ncu --kernel-name regex:forward_single --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
       --section WarpStateStats --section SchedulerStats --section LaunchStats --section Occupancy \
-      --section SourceCounters --warp-sampling-interval 0 \
-      --metrics l1tex__t_sector_hit_rate.pct,lts__t_bytes.sum,dram__bytes_read.sum,sm__cycles_active.avg,gpc__cycles_elapsed.max \
-      -f -o "/tmp/ncu_single_$tag" python3 benchmarks/ncu_kernels.py --heads "$heads" --tokens 16 --choices 1 \
-      --forward-only > "$OUT/ncu_single_$tag.log" 2>&1
+      --section SourceCounters --warp-sampling-interval 0 -f -o "/tmp/ncu_single_$tag" \
+      python3 benchmarks/ncu_kernels.py --heads "$heads" --tokens 16 --choices 1 --forward-only > "$OUT/ncu_single_$tag.log" 2>&1
     echo "ncu heads=$heads exit $?"
     ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page details > "$OUT/ncu_single_${tag}_details.txt" 2>&1
-    ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page raw --csv > "$OUT/ncu_single_${tag}_raw.csv" 2>&1
     ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_single_${tag}_source.csv" 2>&1
     grep -E "Duration|Throughput|Hit Rate|Warp Cycles|Active Warps|Registers|Grid Size|Block Size|Waves" \
       "$OUT/ncu_single_${tag}_details.txt" | head -40
