@@ -16,13 +16,13 @@
 
 namespace qkrope::cuda {
 
-// The arguments, ordered by when a warp first needs them. A kernel reads its parameters through the constant
-// cache, and each 64-byte line a warp touches first misses there: the warp cannot issue past that instruction
-// until the line arrives. With the fields in declaration order, a warp waited for four such lines in a row
-// before it issued its position's load (ncu: 35% of the warp-state samples of (64, 8, 128) at T = 16,
-// results/run31_param_lines). Parameters start at offset 0x210 of the constant bank on sm_90, in the line that
-// also holds the global memory descriptor every load uses (0x208): so everything up to the position's and the
-// row's loads goes in the first 48 bytes, the data's fields in the next line, the stores' in the one after.
+// The arguments, ordered by when a warp first needs them. A kernel reads its parameters through the constant cache, and
+// each 64-byte line a warp touches first misses there: the warp cannot issue past that instruction until the line
+// arrives. With the fields in declaration order, a warp waited for four such lines in a row before it issued its
+// position's load (ncu: 38% of the warp-state samples of (64, 8, 128) at T = 16 came before that load,
+// results/run31_param_lines). Parameters start at offset 0x210 of the constant bank on sm_90, in the line that also
+// holds the global memory descriptor every load uses (0x208): so everything up to the position's and the row's loads
+// goes in the first 48 bytes, the data's fields in the next line, the stores' in the one after.
 struct SingleArgs {
   // 0x210-0x23f: the position -> row chain.
   const int32_t* positions = nullptr;  // int32, or int64 as two words (positions_64)
@@ -33,19 +33,21 @@ struct SingleArgs {
   int32_t warps_per_block = 1;         // blockDim.x / 32, here instead of the first line of the bank
   bool positions_64 = false;
   bool pdl = false;
+  // The L2 policy (kKeepOutputs or not): its test sits before the loads too (HeadCachePolicy), as a byte of this
+  // line; as an int32 in the next line it put a second wait before the position's load (read from the SASS).
+  bool keep_outputs = false;
   // 0x240-0x27f: the data's and the weights' loads.
   const void* in[2] = {nullptr, nullptr};  // q, k
   int64_t token_stride[2] = {0, 0};
   const void* weight[2] = {nullptr, nullptr};
   int32_t heads_q = 0;  // q's heads; then k's
-  int32_t l2_policy = 0;
   float l2_keep_fraction = 1.0f;
   float weight_offset = 0.0f;
   // 0x280-: the stores.
   void* out[2] = {nullptr, nullptr};
   float eps = 0.0f;
 };
-static_assert(offsetof(SingleArgs, pdl) < 48 && offsetof(SingleArgs, in) == 48 && offsetof(SingleArgs, out) == 112,
+static_assert(offsetof(SingleArgs, keep_outputs) < 48 && offsetof(SingleArgs, in) == 48 && offsetof(SingleArgs, out) == 112,
               "the chain's fields share the descriptor's constant line, the data's the next one");
 
 // Host side: the single-pair arguments of a problem (fitting_single_kernel found a kernel) for blocks of
@@ -70,7 +72,7 @@ inline SingleArgs make_single_args(const KernelArgs& a, int32_t warps_per_block)
   s.eps = p.eps;
   s.weight_offset = p.weight_offset;
   s.l2_keep_fraction = a.l2_keep_fraction;
-  s.l2_policy = a.l2_policy;
+  s.keep_outputs = a.l2_policy == static_cast<int32_t>(L2Policy::kKeepOutputs);
   s.positions_64 = p.positions_64;
   s.pdl = a.pdl;
   return s;
@@ -118,7 +120,8 @@ __global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_singl
     load_run_typed<Lay::NA, float>(row, D / 2 + Lay::angle_start(r, lane), true, sn[r]);
   }
 
-  const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
+  const HeadCachePolicy cache(static_cast<int32_t>(a.keep_outputs ? L2Policy::kKeepOutputs : L2Policy::kDefault),
+                              a.l2_keep_fraction);
   const T* src = static_cast<const T*>(in) + offset;
   Chunk<T, C> raw[SL];
 #pragma unroll
