@@ -47,7 +47,8 @@ struct SingleArgs {
   void* out[2] = {nullptr, nullptr};
   float eps = 0.0f;
 };
-static_assert(offsetof(SingleArgs, keep_outputs) < 48 && offsetof(SingleArgs, in) == 48 && offsetof(SingleArgs, out) == 112,
+static_assert(offsetof(SingleArgs, keep_outputs) < 48 && offsetof(SingleArgs, in) == 48 &&
+                  offsetof(SingleArgs, out) == 112,
               "the chain's fields share the descriptor's constant line, the data's the next one");
 
 // Host side: the single-pair arguments of a problem (fitting_single_kernel found a kernel) for blocks of
