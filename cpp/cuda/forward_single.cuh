@@ -33,9 +33,9 @@ struct SingleArgs {
   int32_t warps_per_block = 1;         // blockDim.x / 32, here instead of the first line of the bank
   bool positions_64 = false;
   bool pdl = false;
-  // The L2 policy (kKeepOutputs or not): its test sits before the loads too (HeadCachePolicy), as a byte of this
-  // line; as an int32 in the next line it put a second wait before the position's load (read from the SASS).
-  bool keep_outputs = false;
+  // The L2 policy (an L2Policy value): HeadCachePolicy tests it before the loads too, so a byte of this line; as an
+  // int32 in the next line it put a second wait before the position's load (read from the SASS).
+  int8_t l2_policy = 0;
   // 0x240-0x27f: the data's and the weights' loads.
   const void* in[2] = {nullptr, nullptr};  // q, k
   int64_t token_stride[2] = {0, 0};
@@ -47,7 +47,7 @@ struct SingleArgs {
   void* out[2] = {nullptr, nullptr};
   float eps = 0.0f;
 };
-static_assert(offsetof(SingleArgs, keep_outputs) < 48 && offsetof(SingleArgs, in) == 48 &&
+static_assert(offsetof(SingleArgs, l2_policy) < 48 && offsetof(SingleArgs, in) == 48 &&
                   offsetof(SingleArgs, out) == 112,
               "the chain's fields share the descriptor's constant line, the data's the next one");
 
@@ -73,7 +73,7 @@ inline SingleArgs make_single_args(const KernelArgs& a, int32_t warps_per_block)
   s.eps = p.eps;
   s.weight_offset = p.weight_offset;
   s.l2_keep_fraction = a.l2_keep_fraction;
-  s.keep_outputs = a.l2_policy == static_cast<int32_t>(L2Policy::kKeepOutputs);
+  s.l2_policy = static_cast<int8_t>(a.l2_policy);  // 0 or 1 (decode.cc)
   s.positions_64 = p.positions_64;
   s.pdl = a.pdl;
   return s;
@@ -121,8 +121,7 @@ __global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_singl
     load_run_typed<Lay::NA, float>(row, D / 2 + Lay::angle_start(r, lane), true, sn[r]);
   }
 
-  const HeadCachePolicy cache(static_cast<int32_t>(a.keep_outputs ? L2Policy::kKeepOutputs : L2Policy::kDefault),
-                              a.l2_keep_fraction);
+  const HeadCachePolicy cache(a.l2_policy, a.l2_keep_fraction);
   const T* src = static_cast<const T*>(in) + offset;
   Chunk<T, C> raw[SL];
 #pragma unroll
