@@ -97,7 +97,8 @@ cudaError_t launch_forward_typed(const KernelArgs& args, const Launch& launch, c
   if (const auto single = fitting_single_kernel<T>(args, launch)) {
     if (!grid_for(launch.pairs_per_warp, launch.single_warps_per_block, &grid)) return cudaErrorInvalidConfiguration;
     const dim3 single_block(launch.single_warps_per_block * kWarp);
-    return launch_kernel(single, grid, single_block, 0, stream, launch.pdl, make_single_args(args));
+    return launch_kernel(single, grid, single_block, 0, stream, launch.pdl,
+                         make_single_args(args, launch.single_warps_per_block));
   }
   const dim3 block(launch.warps_per_block * kWarp);
   if (use_tuned<T>(p)) {

@@ -8,33 +8,52 @@
 // reduction's shuffles.)
 #pragma once
 
+#include <cstddef>
+
 #include "cuda/device_common.cuh"
 #include "cuda/forward_kernels.cuh"
 #include "cuda/tuned_layout.cuh"
 
 namespace qkrope::cuda {
 
+// The arguments, ordered by when a warp first needs them. A kernel reads its parameters through the constant cache, and
+// each 64-byte line a warp touches first misses there: the warp cannot issue past that instruction until the line
+// arrives. With the fields in declaration order, a warp waited for four such lines in a row before it issued its
+// position's load (ncu: 38% of the warp-state samples of (64, 8, 128) at T = 16 came before that load,
+// results/run31_param_lines). Parameters start at offset 0x210 of the constant bank on sm_90, in the line that also
+// holds the global memory descriptor every load uses (0x208): so everything up to the position's and the row's loads
+// goes in the first 48 bytes, the data's fields in the next line, the stores' in the one after.
 struct SingleArgs {
-  const void* in[2] = {nullptr, nullptr};  // q, k
-  void* out[2] = {nullptr, nullptr};
-  int64_t token_stride[2] = {0, 0};
-  const void* weight[2] = {nullptr, nullptr};
+  // 0x210-0x23f: the position -> row chain.
   const int32_t* positions = nullptr;  // int32, or int64 as two words (positions_64)
   const float* table = nullptr;        // [rows, head_dim] float32: cos, then sin
   int64_t rows = 0;
-  FastDivisor heads;     // pair -> token
-  int32_t heads_q = 0;   // q's heads; then k's
+  FastDivisor heads;                   // pair -> token
   uint32_t total_pairs = 0;
-  float eps = 0.0f;
-  float weight_offset = 0.0f;
-  float l2_keep_fraction = 1.0f;
-  int32_t l2_policy = 0;
+  int32_t warps_per_block = 1;         // blockDim.x / 32, here instead of the first line of the bank
   bool positions_64 = false;
   bool pdl = false;
+  // The L2 policy (an L2Policy value): HeadCachePolicy tests it before the loads too, so a byte of this line; as an
+  // int32 in the next line it put a second wait before the position's load (read from the SASS).
+  int8_t l2_policy = 0;
+  // 0x240-0x27f: the data's and the weights' loads.
+  const void* in[2] = {nullptr, nullptr};  // q, k
+  int64_t token_stride[2] = {0, 0};
+  const void* weight[2] = {nullptr, nullptr};
+  int32_t heads_q = 0;  // q's heads; then k's
+  float l2_keep_fraction = 1.0f;
+  float weight_offset = 0.0f;
+  // 0x280-: the stores.
+  void* out[2] = {nullptr, nullptr};
+  float eps = 0.0f;
 };
+static_assert(offsetof(SingleArgs, l2_policy) < 48 && offsetof(SingleArgs, in) == 48 &&
+                  offsetof(SingleArgs, out) == 112,
+              "the chain's fields share the descriptor's constant line, the data's the next one");
 
-// Host side: the single-pair arguments of a problem (fitting_single_kernel found a kernel).
-inline SingleArgs make_single_args(const KernelArgs& a) {
+// Host side: the single-pair arguments of a problem (fitting_single_kernel found a kernel) for blocks of
+// warps_per_block warps.
+inline SingleArgs make_single_args(const KernelArgs& a, int32_t warps_per_block) {
   const Problem& p = a.p;
   SingleArgs s;
   for (int g = 0; g < 2; ++g) {
@@ -50,10 +69,11 @@ inline SingleArgs make_single_args(const KernelArgs& a) {
   s.heads = a.heads;
   s.heads_q = p.group[0].num_heads;
   s.total_pairs = static_cast<uint32_t>(a.total_pairs);
+  s.warps_per_block = warps_per_block;
   s.eps = p.eps;
   s.weight_offset = p.weight_offset;
   s.l2_keep_fraction = a.l2_keep_fraction;
-  s.l2_policy = a.l2_policy;
+  s.l2_policy = static_cast<int8_t>(a.l2_policy);  // 0 or 1 (decode.cc)
   s.positions_64 = p.positions_64;
   s.pdl = a.pdl;
   return s;
@@ -65,7 +85,7 @@ __global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_singl
   constexpr int C = Lay::C, SL = Lay::SL;
   static_assert((N == 1 || N == 2) && Lay::G == N && Lay::I == 1, "one pair per lane group");
   // No overflow: the grid has at most 2^31 pairs (the launcher checks total_pairs).
-  const uint32_t first = (blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp) * N;
+  const uint32_t first = (blockIdx.x * a.warps_per_block + threadIdx.x / kWarp) * N;
   if (first >= a.total_pairs) return;  // the whole warp
   const int lane = static_cast<int>(threadIdx.x % Lay::L);
   // A group past the last pair (N = 2, an odd pair count) redoes the last pair and stores nothing: every lane
