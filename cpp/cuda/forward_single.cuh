@@ -20,7 +20,8 @@ namespace qkrope::cuda {
 // each 64-byte line a warp touches first misses there: the warp cannot issue past that instruction until the line
 // arrives. With the fields in declaration order, a warp waited for four such lines in a row before it issued its
 // position's load (ncu: 38% of the warp-state samples of (64, 8, 128) at T = 16 came before that load,
-// results/run31_param_lines). Parameters start at offset 0x210 of the constant bank on sm_90, in the line that also
+// results/run31_param_lines; in this order 26%, and that point went from 1.70 to 1.50-1.54 us,
+// results/run32_param_lines_merged). Parameters start at offset 0x210 of the constant bank on sm_90, in the line that also
 // holds the global memory descriptor every load uses (0x208): so everything up to the position's and the row's loads
 // goes in the first 48 bytes, the data's fields in the next line, the stores' in the one after.
 struct SingleArgs {
