@@ -182,39 +182,38 @@ ncu_source() {  # NCU_SOURCE_SPECS: tokens:N pairs to profile (default 1:1 4096:
     python3 benchmarks/ncu_source_summary.py "$OUT/ncu_source_${tokens}_$choice.csv" | tee "$OUT/ncu_source_${tokens}_$choice.txt"
   done
 }
+# One Nsight Compute report of the third launch of the kernels matching $2 (regex), with the sections in $3 and
+# warp states per SASS instruction, over `ncu_kernels.py --forward-only` with the remaining arguments: the report's
+# details page (its headline figures printed), its source page and that page's summary, under $OUT/$1*.
+ncu_report() {
+  local name=$1 kernel=$2 section sections=()
+  for section in $3; do sections+=(--section "$section"); done
+  shift 3
+  ncu --kernel-name "regex:$kernel" --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
+    "${sections[@]}" --section SourceCounters --warp-sampling-interval 0 -f -o "/tmp/$name" \
+    python3 benchmarks/ncu_kernels.py "$@" --forward-only > "$OUT/$name.log" 2>&1
+  echo "ncu $name exit $?"
+  ncu -i "/tmp/$name.ncu-rep" --page details > "$OUT/${name}_details.txt" 2>&1
+  grep -E "Duration|Throughput|Hit Rate|Warp Cycles|Active Warps|Occupancy|Registers|Block Limit|Grid Size|Block Size|Waves" \
+    "$OUT/${name}_details.txt" | head -40
+  ncu -i "/tmp/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/${name}_source.csv" 2>&1
+  python3 benchmarks/ncu_source_summary.py "$OUT/${name}_source.csv" | tee "$OUT/${name}_source.txt" | head -40
+}
 # The single-pair kernel at T = 16 for NCU_SINGLE_HEADS (default: (64, 8, 128), the one small-T miss, against
-# (32, 8, 128)), N = 1, third call: speed of light, memory workload (L1 hit rate, L2 traffic), warp states per
-# instruction, launch and occupancy; one report per shape, its details page, source page and summary kept.
+# (32, 8, 128)), N = 1: speed of light, memory workload (L1 hit rate, L2 traffic), warp states, launch and occupancy.
 ncu_single() {
-  local heads tag
+  local heads
   for heads in ${NCU_SINGLE_HEADS:-64,8,128 32,8,128}; do
-    tag=${heads//,/_}
-    ncu --kernel-name regex:forward_single --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
-      --section WarpStateStats --section SchedulerStats --section LaunchStats --section Occupancy \
-      --section SourceCounters --warp-sampling-interval 0 -f -o "/tmp/ncu_single_$tag" \
-      python3 benchmarks/ncu_kernels.py --heads "$heads" --tokens 16 --choices 1 --forward-only > "$OUT/ncu_single_$tag.log" 2>&1
-    echo "ncu heads=$heads exit $?"
-    ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page details > "$OUT/ncu_single_${tag}_details.txt" 2>&1
-    ncu -i "/tmp/ncu_single_$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_single_${tag}_source.csv" 2>&1
-    grep -E "Duration|Throughput|Hit Rate|Warp Cycles|Active Warps|Registers|Grid Size|Block Size|Waves" \
-      "$OUT/ncu_single_${tag}_details.txt" | head -40
-    python3 benchmarks/ncu_source_summary.py "$OUT/ncu_single_${tag}_source.csv" | tee "$OUT/ncu_single_${tag}_source.txt" | head -30
+    ncu_report "ncu_single_${heads//,/_}" forward_single \
+      "SpeedOfLight MemoryWorkloadAnalysis MemoryWorkloadAnalysis_Tables WarpStateStats SchedulerStats LaunchStats Occupancy" \
+      --heads "$heads" --tokens 16 --choices 1
   done
 }
-# The generic forward ((32, 8, 80) neox, T = 16384, N = 16, third call): warp states per instruction,
-# occupancy and memory sections, as ncu_source and ncu_stalls do for the tuned kernels.
+# The generic forward ((32, 8, 80) neox, T = 16384, N = 16): warp states per instruction, occupancy and memory
+# sections, as ncu_source and ncu_stalls do for the tuned kernels.
 ncu_generic() {
-  ncu --kernel-name regex:forward_generic --launch-skip 2 --launch-count 1 --cache-control none --clock-control none \
-    --section SourceCounters --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis \
-    --section SpeedOfLight --warp-sampling-interval 0 -f -o /tmp/ncu_generic \
-    python3 benchmarks/ncu_kernels.py --heads 32,8,80 --tokens 16384 --choices 16 --forward-only > "$OUT/ncu_generic.log" 2>&1
-  echo "ncu exit $?"
-  ncu -i /tmp/ncu_generic.ncu-rep --page details > "$OUT/ncu_generic_details.txt" 2>&1
-  grep -E "Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers|Block Limit|Warp Cycles|Hit Rate" \
-    "$OUT/ncu_generic_details.txt" | head -40
-  ncu -i /tmp/ncu_generic.ncu-rep --page source --csv --print-source sass > "$OUT/ncu_generic_source.csv" 2>&1
-  python3 benchmarks/ncu_source_summary.py "$OUT/ncu_generic_source.csv" | tee "$OUT/ncu_generic_source.txt" | head -40
+  ncu_report ncu_generic forward_generic "WarpStateStats Occupancy MemoryWorkloadAnalysis SpeedOfLight" \
+    --heads 32,8,80 --tokens 16384 --choices 16
 }
 # The standalone probe (benchmarks/stream_probe.cu: the kernels next to plain copies, no JAX), built into
 # $1 with extra nvcc flags $2 (ptxas register reports in $1/ptxas_<source>.log).
