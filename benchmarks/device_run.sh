@@ -2,7 +2,7 @@
 # One device session in one call: build against the oldest supported XLA FFI headers (carried in
 # .ffi_headers when present), then run the stages named on the command line, in order:
 #   build ensure_built tests tests_kernels tests_select sanitize calibrate calibrate_classes bench bench_part1 bench_part2 bench_merge crash_probe bench_backward examples
-#   use_build ab_builds ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source ncu_single multigpu stream_probe probe_regs probe_variants
+#   use_build ab_builds ab_bench ab_ncu_insts with_baseline bench_generic bench_generic_backward ncu_generic quickbench small_t small_t_options floor_probe device_timeline ncu_check variants ncu_detail ncu_stalls ncu_bandwidth ncu_source ncu_single multigpu stream_probe probe_regs probe_variants
 # Logs and results are written under a work folder and packed into $OUT/results.tgz, the one file under $OUT,
 # after every stage: a call stopped at its time limit still brings back the stages it finished.
 set -uo pipefail
@@ -120,6 +120,8 @@ bench_generic_backward() {
 }
 small_t() { python3 benchmarks/small_t_experiment.py 2>&1 | tee "$OUT/small_t_experiment.log" | tail -20; }
 small_t_options() { python3 benchmarks/small_t_options.py --out "$OUT" 2>&1 | tee "$OUT/small_t_options.log" | tail -16; }
+# shellcheck disable=SC2086
+floor_probe() { python3 benchmarks/floor_probe.py --out "$OUT" ${FLOOR_ARGS:-} 2>&1 | tee "$OUT/floor_probe.log" | tail -30; }
 device_timeline() { python3 benchmarks/device_timeline.py --out "$OUT" 2>&1 | tee "$OUT/device_timeline.log" | tail -40; }
 ncu_check() {
   ncu --kernel-name regex:_kernel --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
@@ -294,20 +296,23 @@ install_build() {
 use_build() { install_build "${BUILD:?}"; }
 # A/B of extension builds made elsewhere (no build on the device): AB_BUILDS names gzipped builds
 # benchmarks/.baseline/NAME.so.gz (carried; not committed). One round installs them in turn as the package's
-# extension and runs kernel_variants.py --forward-only $AB_ARGS into $OUT/ab_NAME_ROUND; name the stage
-# several times for several rounds (each packed when done), so drift between the builds cancels. The last
-# build named stays installed.
-ab_builds() {
-  local round name builds
+# extension and runs a command with --out $OUT/PREFIX_NAME_ROUND, its log beside it; name the stage several
+# times for several rounds (each packed when done), so drift between the builds cancels. The last build named
+# stays installed.
+ab_round() {  # PREFIX COMMAND...
+  local prefix=$1 round name builds
+  shift
   read -ra builds <<< "${AB_BUILDS:?}"
-  round=$(($(find "$OUT" -maxdepth 1 -name 'ab_*.log' | wc -l) / ${#builds[@]} + 1))
+  round=$(($(find "$OUT" -maxdepth 1 -name "${prefix}_*.log" | wc -l) / ${#builds[@]} + 1))
   for name in "${builds[@]}"; do
     install_build "$name" || return 1
-    # shellcheck disable=SC2086
-    python3 benchmarks/kernel_variants.py --forward-only --out "$OUT/ab_${name}_$round" ${AB_ARGS:-} 2>&1 \
-      | tee "$OUT/ab_${name}_$round.log" | grep -v "^\[" | tail -40
+    "$@" --out "$OUT/${prefix}_${name}_$round" 2>&1 | tee "$OUT/${prefix}_${name}_$round.log" | grep -v "^\[" | tail -40
   done
 }
+# shellcheck disable=SC2086
+ab_builds() { ab_round ab python3 benchmarks/kernel_variants.py --forward-only ${AB_ARGS:-}; }  # the forward, N forced
+# shellcheck disable=SC2086
+ab_bench() { ab_round abb python3 -m jax_qkrope.bench --name ab ${AB_BENCH_ARGS:-}; }  # auto dispatch, e.g. --backward-only
 # Instructions executed and kernel time of the tuned forward, build by build (AB_BUILDS, installed as in
 # ab_builds; the last stays): (32, 8, 128) neox at T = 4096 and 65536, N = 4, 8, 16, third call of each.
 ab_ncu_insts() {
