@@ -71,14 +71,16 @@ struct ForwardGeneric {
   static constexpr auto kernel = forward_generic_kernel<T, C, S>;
 };
 
-// The single-pair kernel for N = 1 or 2 where it serves the launch: a build for the layout (pick_single), the
-// common inputs at full rotary, no V to copy, no cos/sin prefetch (which only launches of more pairs than a wave
-// of warps turn on) and a pair count that fits its 32-bit indices; nullptr elsewhere (forward_tuned_kernel runs).
+// The single-pair kernel where it serves the launch: a build for N (pick_single), the common inputs at full
+// rotary, no V to copy, no cos/sin prefetch (which only launches of more pairs than a wave of warps turn on), no
+// persistent grid or rows in shared memory asked for (tuned variants of N >= 4) and a pair count that fits its
+// 32-bit indices; nullptr elsewhere (forward_tuned_kernel runs).
 template <typename T>
 void (*fitting_single_kernel(const KernelArgs& a, const Launch& launch))(SingleArgs) {
   const Problem& p = a.p;
-  const bool fits = launch.prefetch_pairs == 0 && use_tuned<T>(p) && p.rotary_dim == p.head_dim &&
-                    p.group[2].num_heads == 0 && common_inputs<T>(a) && a.total_pairs <= INT_MAX;
+  const bool fits = launch.prefetch_pairs == 0 && !launch.persistent && !launch.shared_rows && use_tuned<T>(p) &&
+                    p.rotary_dim == p.head_dim && p.group[2].num_heads == 0 && common_inputs<T>(a) &&
+                    a.total_pairs <= INT_MAX;
   return fits ? pick_single<T>(p, launch.pairs_per_warp) : nullptr;
 }
 

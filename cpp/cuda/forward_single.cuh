@@ -1,11 +1,12 @@
 // The forward for one (token, head) pair per lane group with the common inputs at full rotary and no V to
-// copy: N = 1 (one pair per warp, what small T runs) and N = 2 (one per half-warp: half the warps, and each lane
-// moves twice the bytes per load), the tuned forward's layout (TunedLayout<T, D, N, S>, G = N groups of one pair)
-// without what only larger launches need. Its own small argument struct, 32-bit pair and token indices (the
-// launcher checks the pair count), no cos/sin prefetch, no staged weights, no per-pair loop and no branch after
+// copy: N = 1 (one pair per warp, what small T runs), 2, 4 or 8 (one pair per 32 / N lanes: fewer warps, and each
+// lane moves N times the bytes per load) where the tuned forward's layout (TunedLayout<T, D, N, S>) has G = N groups
+// of one pair, without what only larger launches need. Its own small argument struct, 32-bit pair and token indices
+// (the launcher checks the pair count), no cos/sin prefetch, no staged weights, no per-pair loop and no branch after
 // the loads: a group's path from launch to its stores is the position -> row chain, with the data, the weights
 // and the norm's reduction alongside. (With a V branch, nvcc sank the row's load into the q/k side, behind the
-// reduction's shuffles.)
+// reduction's shuffles.) Each group loads its own token's cos/sin row; the groups of a warp mostly share a token,
+// and their loads of the same words coalesce.
 #pragma once
 
 #include <cstddef>
@@ -84,12 +85,12 @@ template <typename T, int D, int N, Style S>
 __global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_single_kernel(const SingleArgs a) {
   using Lay = TunedLayout<T, D, N, S>;
   constexpr int C = Lay::C, SL = Lay::SL;
-  static_assert((N == 1 || N == 2) && Lay::G == N && Lay::I == 1, "one pair per lane group");
+  static_assert(Lay::G == N && Lay::I == 1, "one pair per lane group");
   // No overflow: the grid has at most 2^31 pairs (the launcher checks total_pairs).
   const uint32_t first = (blockIdx.x * a.warps_per_block + threadIdx.x / kWarp) * N;
   if (first >= a.total_pairs) return;  // the whole warp
   const int lane = static_cast<int>(threadIdx.x % Lay::L);
-  // A group past the last pair (N = 2, an odd pair count) redoes the last pair and stores nothing: every lane
+  // A group past the last pair (a pair count not a multiple of N) redoes the last pair and stores nothing: every lane
   // of the warp takes part in the reduction's shuffles.
   const uint32_t wanted = first + threadIdx.x % kWarp / Lay::L;
   const bool stores = N == 1 || wanted < a.total_pairs;
@@ -160,12 +161,22 @@ __global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_singl
 }
 
 // forward_single_kernel at N pairs per warp for head_dim D and style S; nullptr where its layout does not give
-// each pair a lane group of its own (N = 2 with float32 256-dim heads, whose preferred group is the whole warp).
+// each pair a lane group of its own: a lane of the tuned layout holds at most two 16-byte words of a head, so
+// N = 2 has no build for float32 256-dim heads, N = 4 none for 256-dim heads and float32 128-dim ones, and N = 8
+// one only for 64-dim heads in 16-bit types.
+template <typename T, int D, int N, Style S>
+void (*single_kernel_at(int pairs_per_warp))(SingleArgs) {
+  if constexpr (TunedLayout<T, D, N, S>::G == N) {
+    if (pairs_per_warp == N) return forward_single_kernel<T, D, N, S>;
+  }
+  return nullptr;
+}
 template <typename T, int D, Style S>
 void (*single_kernel_for(int pairs_per_warp))(SingleArgs) {
-  if (pairs_per_warp == 1) return forward_single_kernel<T, D, 1, S>;
-  if constexpr (TunedLayout<T, D, 2, S>::G == 2) {
-    if (pairs_per_warp == 2) return forward_single_kernel<T, D, 2, S>;
+  for (const auto kernel : {single_kernel_at<T, D, 1, S>(pairs_per_warp), single_kernel_at<T, D, 2, S>(pairs_per_warp),
+                            single_kernel_at<T, D, 4, S>(pairs_per_warp),
+                            single_kernel_at<T, D, 8, S>(pairs_per_warp)}) {
+    if (kernel != nullptr) return kernel;
   }
   return nullptr;
 }
