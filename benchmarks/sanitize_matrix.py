@@ -80,9 +80,10 @@ def run_matrix() -> float:
         k = jax.random.normal(jax.random.PRNGKey(d + 6), (17, 2, d), jnp.bfloat16)
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
         w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 8), (d,))).astype(jnp.bfloat16)
-        # N = 1 and 2 at full rotary: the single-pair kernel (forward_single_kernel), at N = 2 on 16-warp blocks
-        # (119 pairs: the last block part empty).
-        for n in (1, 2, 8, 16):
+        # N = 1, 2, 4 and 8 at full rotary: the single-pair kernel (forward_single_kernel) where it has a build for
+        # N (N = 8: 64-dim heads; N = 4: 64 and 128), at N = 2 on 16-warp blocks (119 pairs: the last block part
+        # empty).
+        for n in (1, 2, 4, 8, 16):
             single_warps = 16 if n == 2 else dispatch.SINGLE_PAIR_WARPS_PER_BLOCK
             for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
                 cache = qkr.rope_cos_sin_cache(100, rotary)

@@ -27,7 +27,8 @@ DEFAULT_FORWARD_THRESHOLDS = ((4096, 1), (32768, 2), (262144, 4), (None, 8))
 FORWARD_WARPS_PER_BLOCK = 4
 # The single-pair kernel (N = 1 or 2 with the common inputs at a tuned head_dim, full rotary and the cos/sin
 # prefetch off: what small T runs) takes blocks of 8 warps; the C++ launcher, which alone sees whether that kernel
-# serves a launch, uses Launch.single_warps_per_block for it and warps_per_block for the others. N = 1 on the H100
+# serves a launch, uses Launch.single_warps_per_block for it and warps_per_block for the others. At N = 4 and 8 the
+# single-pair kernel (session 39) keeps the tuned kernel's 4 (SINGLE_PAIR_WARPS_PER_BLOCK_WIDE). N = 1 on the H100
 # at T = 16: 1.63 -> 1.54 us for (32, 8, 128) and 1.63 -> 1.47-1.50 for (16, 16, 64), the other shapes and
 # T = 1-512 within a tick of the device clock; blocks of 16 or 32 warps were slower everywhere (BENCHMARKS.md,
 # session 34). N = 2 (session 35): 4 and 8 warps alike for (16, 16, 64) at T = 16 and 128, (64, 8, 128)
@@ -36,6 +37,7 @@ FORWARD_WARPS_PER_BLOCK = 4
 # 3-16 warps around 8 at T = 16-128 (9 for at most one block per SM, 5 to spread (32, 8, 128) at T = 16 over every
 # SM): none faster by more than 0.04 us at any point, several up to 0.25 us slower.
 SINGLE_PAIR_WARPS_PER_BLOCK = 8
+SINGLE_PAIR_WARPS_PER_BLOCK_WIDE = FORWARD_WARPS_PER_BLOCK  # N >= 4
 # The kernels' launch bounds (kMaxWarpsPerBlock and kMaxSingleWarpsPerBlock in cpp/core/problem.h; decode.cc
 # checks the attributes against them again).
 MAX_WARPS_PER_BLOCK = 8
@@ -344,7 +346,8 @@ def forward_launch(num_pairs: int, head_dim: int, forced: int | None, facts: Dev
     shared_rows = _shared_rows_override[-1] if _shared_rows_override else shared_rows_for(head_bytes, calibration)
     prefetch = prefetch_distance(num_pairs, head_dim, itemsize, facts)
     warps = _forward_warps_override[-1] if _forward_warps_override else FORWARD_WARPS_PER_BLOCK
-    single_warps = _forward_warps_override[-1] if _forward_warps_override else SINGLE_PAIR_WARPS_PER_BLOCK
+    single_default = SINGLE_PAIR_WARPS_PER_BLOCK if int(choice) <= 2 else SINGLE_PAIR_WARPS_PER_BLOCK_WIDE
+    single_warps = _forward_warps_override[-1] if _forward_warps_override else single_default
     single_warps = _single_warps_override[-1] if _single_warps_override else single_warps
     return Launch(int(choice), warps, pdl=pdl, prefetch_pairs=prefetch,
                   persistent=persistent and facts.compute_capability is not None, l2_policy=l2_policy,

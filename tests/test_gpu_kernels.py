@@ -528,17 +528,18 @@ def test_backward_warps_striding_over_many_batches(dtype, head_dim, rotary):
             assert_close(packed, expected.astype(dtype), dtype, f"strided packed N={n} {style}")
 
 
-@pytest.mark.parametrize("pairs_per_warp", (1, 2))
+@pytest.mark.parametrize("pairs_per_warp", (1, 2, 4, 8))
 @pytest.mark.parametrize("positions_dtype", (jnp.int32, jnp.int64), ids=("int32", "int64"))
 @pytest.mark.parametrize("head_dim", (64, 128, 256))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_single_pair_kernel(dtype, head_dim, positions_dtype, pairs_per_warp):
-    """N = 1 or 2 with the common inputs at full rotary and no cos/sin prefetch runs the single-pair kernel
-    (forward_single_kernel, one pair per lane group; float32 256-dim heads at N = 2 have no such build and run
-    the tuned kernel); with the prefetch on, the tuned kernel at the same N. Both against the reference and
+    """N = 1, 2, 4 or 8 with the common inputs at full rotary and no cos/sin prefetch runs the single-pair kernel
+    (forward_single_kernel, one pair per lane group) where it has a build for N (single_kernel_for: N = 8 only for
+    16-bit 64-dim heads, N = 4 not for 256-dim or float32 128-dim ones, N = 2 not for float32 256-dim ones; the
+    others run the tuned kernel); with the prefetch on, the tuned kernel at the same N. Both against the reference and
     each other: both styles, weights of q's dtype with an offset or none, positions that clamp (int64 ones
     outside int32 too, whose high word is not the low word's sign extension), an odd token count and an odd
-    head count (at N = 2 a warp's pairs then straddle tokens, and the last warp has one pair), and a packed qkv
+    head count (at N >= 2 a warp's pairs then straddle tokens, and the last warp has one pair), and a packed qkv
     whose V is copied (not donated: the tuned kernel, which copies V) or left in place (donated: the
     single-pair kernel)."""
     with jax.enable_x64(True):

@@ -134,10 +134,14 @@ def test_forward_block_size_override_reaches_the_launch_and_is_bounded():
 def test_single_pair_launches_take_their_own_block_size():
     # Every forward launch carries both block sizes; the C++ launcher uses single_warps_per_block where it runs
     # the single-pair kernel (which only it can decide: it sees the inputs' dtypes) and warps_per_block elsewhere.
-    for forced, head_dim, rotary in ((None, 128, None), (2, 128, None), (4, 128, None), (1, 128, 64), (1, 80, None)):
+    for forced, head_dim, rotary in ((None, 128, None), (2, 128, None), (1, 128, 64), (1, 80, None)):
         launch = dispatch.forward_launch(40, head_dim, forced, H100, 2, rotary_dim=rotary)
         assert launch.warps_per_block == dispatch.FORWARD_WARPS_PER_BLOCK == 4
         assert launch.ffi_attributes()["single_warps_per_block"] == dispatch.SINGLE_PAIR_WARPS_PER_BLOCK == 8
+    # From N = 4 on, the single-pair kernel keeps the tuned kernel's block size.
+    for forced in (4, 8, 16):
+        launch = dispatch.forward_launch(40, 128, forced, H100, 2)
+        assert launch.single_warps_per_block == dispatch.SINGLE_PAIR_WARPS_PER_BLOCK_WIDE == launch.warps_per_block == 4
     assert dispatch.forward_launch(40, 128, None, dispatch.UNKNOWN_GPU, 2).single_warps_per_block == 8
     # The shared override sets both; the single-pair one wins there and reaches past the other kernels' bound.
     with dispatch.override_forward_warps_per_block(2):

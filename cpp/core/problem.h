@@ -64,7 +64,7 @@ struct Problem {
 };
 
 // Block sizes in warps: every kernel's launch bounds, and the single-pair forward's (a lean kernel of at most
-// 52 registers a thread under these bounds, so blocks of up to 16 warps cost it nothing in registers).
+// 54 registers a thread under these bounds, so blocks of up to 16 warps cost it nothing in registers).
 inline constexpr int32_t kMaxWarpsPerBlock = 8;
 inline constexpr int32_t kMaxSingleWarpsPerBlock = 16;
 
