@@ -87,7 +87,7 @@ def main() -> None:
                     row[f"xla {style}"] = time_forward(case, inputs, ref.fused)
                 rows.append(row)
                 print(f"{heads!s:<14}{tokens:>5}" + "".join(f"{row[c]:>11.2f}" for c in COLUMNS), flush=True)
-    (args.out / "floor_probe.json").write_text(json.dumps(dict(device=str(jax.devices()[0]), floors=floors,
+    (args.out / "floor_probe.json").write_text(json.dumps(dict(device=jax.devices()[0].device_kind, floors=floors,
                                                                 rows=rows), indent=1))
 
 
