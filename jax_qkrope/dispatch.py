@@ -28,10 +28,11 @@ FORWARD_WARPS_PER_BLOCK = 4
 # The single-pair kernel (N = 1 or 2 with the common inputs at a tuned head_dim, full rotary and the cos/sin
 # prefetch off: what small T runs) takes blocks of 8 warps; the C++ launcher, which alone sees whether that kernel
 # serves a launch, uses Launch.single_warps_per_block for it and warps_per_block for the others. At N = 4 and 8 the
-# single-pair kernel (session 39) keeps the tuned kernel's 4 (SINGLE_PAIR_WARPS_PER_BLOCK_WIDE). N = 1 on the H100
-# at T = 16: 1.63 -> 1.54 us for (32, 8, 128) and 1.63 -> 1.47-1.50 for (16, 16, 64), the other shapes and
-# T = 1-512 within a tick of the device clock; blocks of 16 or 32 warps were slower everywhere (BENCHMARKS.md,
-# session 34). N = 2 (session 35): 4 and 8 warps alike for (16, 16, 64) at T = 16 and 128, (64, 8, 128)
+# single-pair kernel (session 39) keeps the tuned kernel's 4 (SINGLE_PAIR_WARPS_PER_BLOCK_WIDE), where the tuned
+# kernel had measured faster than on 8 (below); the single-pair kernel's own block size there is not swept yet.
+# N = 1 on the H100 at T = 16: 1.63 -> 1.54 us for (32, 8, 128) and 1.63 -> 1.47-1.50 for (16, 16, 64), the other
+# shapes and T = 1-512 within a tick of the device clock; blocks of 16 or 32 warps were slower everywhere
+# (BENCHMARKS.md, session 34). N = 2 (session 35): 4 and 8 warps alike for (16, 16, 64) at T = 16 and 128, (64, 8, 128)
 # 1.79 -> 1.71 us at T = 16 and 2.66 -> 2.69 at T = 128. The tuned kernel keeps 4 (N = 4 at T = 128 for
 # (64, 8, 128): 2.66 us with 4 warps, 2.88 with 8), and so do the generic and partial-rotary kernels. Session 36:
 # 3-16 warps around 8 at T = 16-128 (9 for at most one block per SM, 5 to spread (32, 8, 128) at T = 16 over every
@@ -182,7 +183,7 @@ def override_l2_policy(policy: int) -> contextlib.AbstractContextManager[None]:
 
 def override_forward_warps_per_block(warps: int) -> contextlib.AbstractContextManager[None]:
     """Force the forward's warps per block, for every kernel (1 to MAX_WARPS_PER_BLOCK; auto:
-    FORWARD_WARPS_PER_BLOCK, and SINGLE_PAIR_WARPS_PER_BLOCK for the single-pair kernel), for the calls lowered
+    FORWARD_WARPS_PER_BLOCK, and SINGLE_PAIR_WARPS_PER_BLOCK or _WIDE for the single-pair kernel), for the calls lowered
     inside (A/B of the block size)."""
     if not 1 <= warps <= MAX_WARPS_PER_BLOCK:
         raise ValueError(f"forward warps_per_block must be in [1, {MAX_WARPS_PER_BLOCK}], got {warps!r}")

@@ -18,7 +18,7 @@ RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # cut-off; no shared cos/sin rows, shared_rows_min_bytes 0), with the tuned head_dims (64, 128, 256) re-measured at
 # T = 1-512 in session 38 on the single-pair kernel that N = 1 and 2 run there now (8-warp blocks, arguments
 # ordered by first use).
-SWEEP = RESULTS / "run32_param_lines_merged" / "5_calibration_bench" / "calibration_sm90_sweep.json"
+SWEEP = RESULTS / "run33_floor_probe" / "2_lean_four" / "calibration_sm90_sweep.json"
 # The H200's sweep (sm90_nvidia_h200.json), session 28: a full calibration on the H200 of the kernels that ship
 # (FastDivisor, branch-free L2 policies), the L2 policy's limit and the PDL cut-off included, with session 26's
 # shared_rows_min_bytes (32 MiB) carried: every forced N above it was timed with its rows in shared memory.
