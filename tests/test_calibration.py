@@ -17,7 +17,7 @@ RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 # The H100's sweep: session 30's full calibration on the H100 (the L2 policy's limit and its timings, the PDL
 # cut-off; no shared cos/sin rows, shared_rows_min_bytes 0), with the tuned head_dims (64, 128, 256) re-measured at
 # T = 1-512 in session 38 on the single-pair kernel that N = 1 and 2 run there now (8-warp blocks, arguments
-# ordered by first use).
+# ordered by first use), and the 64- and 128-dim classes at T = 1-2048 in session 39, where N = 4 and 8 run it too.
 SWEEP = RESULTS / "run33_floor_probe" / "2_lean_four" / "calibration_sm90_sweep.json"
 # The H200's sweep (sm90_nvidia_h200.json), session 28: a full calibration on the H200 of the kernels that ship
 # (FastDivisor, branch-free L2 policies), the L2 policy's limit and the PDL cut-off included, with session 26's
