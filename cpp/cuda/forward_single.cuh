@@ -165,20 +165,27 @@ __global__ void __launch_bounds__(kWarp * kMaxSingleWarpsPerBlock) forward_singl
 // N = 2 has no build for float32 256-dim heads, N = 4 none for 256-dim heads and float32 128-dim ones, and N = 8
 // one only for 64-dim heads in 16-bit types.
 template <typename T, int D, int N, Style S>
-void (*single_kernel_at(int pairs_per_warp))(SingleArgs) {
+void (*single_kernel_at())(SingleArgs) {
   if constexpr (TunedLayout<T, D, N, S>::G == N) {
-    if (pairs_per_warp == N) return forward_single_kernel<T, D, N, S>;
+    return forward_single_kernel<T, D, N, S>;
+  } else {
+    return nullptr;
   }
-  return nullptr;
 }
 template <typename T, int D, Style S>
 void (*single_kernel_for(int pairs_per_warp))(SingleArgs) {
-  for (const auto kernel : {single_kernel_at<T, D, 1, S>(pairs_per_warp), single_kernel_at<T, D, 2, S>(pairs_per_warp),
-                            single_kernel_at<T, D, 4, S>(pairs_per_warp),
-                            single_kernel_at<T, D, 8, S>(pairs_per_warp)}) {
-    if (kernel != nullptr) return kernel;
+  switch (pairs_per_warp) {
+    case 1:
+      return single_kernel_at<T, D, 1, S>();
+    case 2:
+      return single_kernel_at<T, D, 2, S>();
+    case 4:
+      return single_kernel_at<T, D, 4, S>();
+    case 8:
+      return single_kernel_at<T, D, 8, S>();
+    default:
+      return nullptr;
   }
-  return nullptr;
 }
 
 // forward_single_kernel for a problem (a tuned head_dim) at pairs_per_warp; nullptr where none is built.
