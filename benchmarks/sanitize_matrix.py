@@ -81,10 +81,15 @@ def run_matrix() -> float:
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
         w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 8), (d,))).astype(jnp.bfloat16)
         # N = 1, 2, 4 and 8 at full rotary: the single-pair kernel (forward_single_kernel) where it has a build for
-        # N (N = 8: 64-dim heads; N = 4: 64 and 128), at N = 2 on 16-warp blocks (119 pairs: the last block part
-        # empty).
+        # N (N = 8: 64-dim heads; N = 4: 64 and 128), on the blocks auto dispatch gives it (8 warps at N <= 2, 4 at
+        # N >= 4) except N = 2, on 16-warp blocks. 119 pairs: the last block part empty, and at N >= 2 the last warp.
         for n in (1, 2, 4, 8, 16):
-            single_warps = 16 if n == 2 else dispatch.SINGLE_PAIR_WARPS_PER_BLOCK
+            if n == 2:
+                single_warps = 16
+            elif n >= 4:
+                single_warps = dispatch.SINGLE_PAIR_WARPS_PER_BLOCK_WIDE
+            else:
+                single_warps = dispatch.SINGLE_PAIR_WARPS_PER_BLOCK
             for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
                 cache = qkr.rope_cos_sin_cache(100, rotary)
                 kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=cache)
