@@ -11,6 +11,7 @@ SANITIZE_HEAD_DIMS (comma-separated) narrows the head_dims, for a run on the ker
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -81,15 +82,10 @@ def run_matrix() -> float:
         p = jax.random.randint(jax.random.PRNGKey(d + 7), (17,), 0, 100)
         w = (1 + 0.1 * jax.random.normal(jax.random.PRNGKey(d + 8), (d,))).astype(jnp.bfloat16)
         # N = 1, 2, 4 and 8 at full rotary: the single-pair kernel (forward_single_kernel) where it has a build for
-        # N (N = 8: 64-dim heads; N = 4: 64 and 128), on the blocks auto dispatch gives it (8 warps at N <= 2, 4 at
-        # N >= 4) except N = 2, on 16-warp blocks. 119 pairs: the last block part empty, and at N >= 2 the last warp.
+        # N (N = 8: 64-dim heads; N = 4: 64 and 128), on the blocks the dispatch gives it (8 warps at N = 1, 4 at
+        # N >= 4) except N = 2, forced onto 16-warp blocks. 119 pairs: the last block part empty, and at N >= 2 the
+        # last warp.
         for n in (1, 2, 4, 8, 16):
-            if n == 2:
-                single_warps = 16
-            elif n >= 4:
-                single_warps = dispatch.SINGLE_PAIR_WARPS_PER_BLOCK_WIDE
-            else:
-                single_warps = dispatch.SINGLE_PAIR_WARPS_PER_BLOCK
             for style, rotary in (("neox", d), ("gptj", d), ("neox", d // 2 // 2 * 2)):
                 cache = qkr.rope_cos_sin_cache(100, rotary)
                 kw = dict(style=style, rotary_dim=rotary, cos_sin_cache=cache)
@@ -98,7 +94,8 @@ def run_matrix() -> float:
                     out, vjp = jax.vjp(lambda q, k, w: qkr.fused(q, k, p, w, w, **kw), q, k, w)
                     return out, vjp(out)
 
-                with dispatch.override_choice(n), dispatch.override_single_warps_per_block(single_warps):
+                blocks = dispatch.override_single_warps_per_block(16) if n == 2 else contextlib.nullcontext()
+                with dispatch.override_choice(n), blocks:
                     out, grads = jax.jit(forward_backward)(q, k, w, p)
                 assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
                 err = rel_outputs(out, ref.fused(q, k, p, w, w, **kw))
